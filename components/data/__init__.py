@@ -1,0 +1,1 @@
+"""Training-data set-up: ingest, versioning (DVC), validation (Great Expectations)."""

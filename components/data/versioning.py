@@ -1,0 +1,149 @@
+"""Data versioning with DVC 3: `data.dvc` at the project root tracks `data/`.
+
+The data version is the md5 in `data.dvc` (a plain string): the lineage key of every later run.
+The default remote is a local folder inside the workspace; `data.dvc_remote` points at any DVC URL.
+Per-machine settings (cache and remote folders inside the workspace) go to `.dvc/config.local`,
+so the committed `.dvc/config` stays the same on every machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from components.workspace import Workspace
+
+REMOTE_NAME = "visionflow"
+
+
+class VersioningError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class DataStatus:
+    version: str | None  # md5 in data.dvc, None when data.dvc does not exist
+    workspace_matches: bool
+    changes: list[str]
+    n_files: int | None
+
+
+def _dvc_file(ws: Workspace, data_name: str) -> Path:
+    return ws.root / f"{data_name}.dvc"
+
+
+def _repo(ws: Workspace):
+    import logging
+
+    from dvc.repo import Repo
+
+    # DVC's "git add data.dvc" / autostage hints are for its own CLI; we print our own summary.
+    logging.getLogger("dvc").setLevel(logging.WARNING)
+    return Repo(str(ws.root))
+
+
+def ensure_repo(ws: Workspace, remote_url: str | None = None) -> None:
+    """`dvc init` if needed (with --no-scm outside git), then point cache + remote into the workspace."""
+    from dvc.repo import Repo
+
+    if not (ws.root / ".dvc").is_dir():
+        Repo.init(str(ws.root), no_scm=not (ws.root / ".git").exists())
+    repo = _repo(ws)
+    try:
+        with repo.config.edit("repo") as conf:  # committed: same on every machine
+            conf["core"]["analytics"] = False
+        with repo.config.edit("local") as conf:  # machine-specific: inside the workspace
+            conf["cache"]["dir"] = str(ws.dvc_cache_dir)
+            conf["core"]["site_cache_dir"] = str(ws.home / "dvc-site-cache")
+            conf["core"]["remote"] = REMOTE_NAME
+            conf["remote"][REMOTE_NAME] = {"url": remote_url or str(ws.dvc_remote_dir)}
+    finally:
+        repo.close()
+    if remote_url is None:
+        ws.dvc_remote_dir.mkdir(parents=True, exist_ok=True)
+
+
+def read_version(ws: Workspace, data_name: str = "data") -> str | None:
+    """The md5 of the tracked folder in `data.dvc` (without DVC's '.dir' suffix), or None."""
+    path = _dvc_file(ws, data_name)
+    if not path.exists():
+        return None
+    outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or []
+    if not outs or "md5" not in outs[0]:
+        raise VersioningError(f"{path}: no 'outs[0].md5'; re-create it with `visionflow ingest`")
+    return str(outs[0]["md5"]).removesuffix(".dir")
+
+
+def install_dataset(ws: Workspace, staged: Path, data_name: str = "data") -> Path:
+    """Swap a validated staging folder into `data/` (the old folder is removed only after the swap)."""
+    target = ws.data_dir(data_name)
+    trash = ws.staging_dir / f"old-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        target.rename(trash)
+    shutil.move(str(staged), str(target))
+    if trash.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+    return target
+
+
+def add_and_push(ws: Workspace, data_name: str = "data") -> str:
+    """`dvc add data` + `dvc push`; returns the new data version."""
+    repo = _repo(ws)
+    try:
+        repo.add(data_name)
+        repo.push(targets=[str(_dvc_file(ws, data_name))])
+    finally:
+        repo.close()
+    version = read_version(ws, data_name)
+    assert version is not None
+    return version
+
+
+def status(ws: Workspace, data_name: str = "data") -> DataStatus:
+    """Which version `data.dvc` points at and whether `data/` matches it."""
+    version = read_version(ws, data_name)
+    if version is None:
+        return DataStatus(None, False, [f"{data_name}.dvc does not exist"], None)
+    data_dir = ws.data_dir(data_name)
+    if not data_dir.exists():
+        return DataStatus(version, False, [f"{data_name}/ is missing (run `visionflow data pull`)"], None)
+    repo = _repo(ws)
+    try:
+        result = repo.data_status(granular=True, untracked_files="no")
+    finally:
+        repo.close()
+    changes: list[str] = []
+    for kind in ("added", "deleted", "modified", "renamed"):
+        for path in (result.get("uncommitted") or {}).get(kind, []):
+            changes.append(f"{kind}: {path}")
+    n_files = sum(1 for p in data_dir.rglob("*") if p.is_file())
+    return DataStatus(version, not changes, sorted(changes), n_files)
+
+
+def pull(ws: Workspace, data_name: str = "data") -> str:
+    """`dvc pull` of the version `data.dvc` points at (after e.g. `git checkout OLD -- data.dvc`)."""
+    repo = _repo(ws)
+    try:
+        repo.pull(targets=[str(_dvc_file(ws, data_name))], force=True)
+    finally:
+        repo.close()
+    version = read_version(ws, data_name)
+    assert version is not None
+    return version
+
+
+def git_commit(root: Path) -> str | None:
+    """The current git commit of the project, for lineage tags (None outside git)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None

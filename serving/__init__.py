@@ -1,0 +1,1 @@
+"""The BentoML service (issue 5). Serving code only: it loads what components/ produced."""

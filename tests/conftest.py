@@ -1,0 +1,86 @@
+"""Shared fixtures: small generated image folders and throw-away project roots.
+
+Every tool's state goes to a per-session temp folder (never the user's home), set before any tool
+is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="visionflow-tests-"))
+from components.workspace import Workspace  # noqa: E402
+
+Workspace.at(_SESSION_HOME, home=_SESSION_HOME / ".visionflow").activate()
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+QUICK_PARAMS = """
+data:
+  split: {train: 0.6, val: 0.2, test: 0.2, seed: 0}
+validation:
+  min_images_per_class_per_split: 1
+  split_tolerance: 0.1
+"""
+
+
+def make_image(path: Path, seed: int, size=(45, 61), mode="RGB", fmt=None) -> None:
+    """A random but reproducible image (distinct per seed, so sha256s differ)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    shape = (h, w, 3) if mode == "RGB" else (h, w)
+    pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, mode=mode).save(path, format=fmt)
+
+
+def make_folder(
+    root: Path,
+    classes=("cat", "dog", "owl"),
+    per_class: int = 10,
+    size=(45, 61),
+    mode="RGB",
+    splits: dict[str, int] | None = None,
+) -> Path:
+    """Class sub-folders of PNG/JPEG/BMP files; with `splits`, train/val/test folders (counts per class)."""
+    seed = 0
+    exts = [".png", ".jpg", ".bmp"]
+    if splits is None:
+        for c in classes:
+            for i in range(per_class):
+                seed += 1
+                ext = exts[i % 3]
+                make_image(root / c / f"img_{i:03d}{ext}", seed, size, mode)
+    else:
+        for split, n in splits.items():
+            for c in classes:
+                for i in range(n):
+                    seed += 1
+                    make_image(root / split / c / f"{split}_{i:03d}.png", seed, size, mode)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "source")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """An empty project root: a git repo with a small params.yaml (its own .visionflow inside)."""
+    root = tmp_path / "project"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "config", "user.email", "t@example.com"], cwd=root, check=True)
+    subprocess.run(["git", "config", "user.name", "t"], cwd=root, check=True)
+    (root / "params.yaml").write_text(QUICK_PARAMS)
+    (root / ".gitignore").write_text("/.visionflow/\n/data/\n")
+    return root
