@@ -79,9 +79,21 @@ def read_version(ws: Workspace, data_name: str = "data") -> str | None:
     return str(outs[0]["md5"]).removesuffix(".dir")
 
 
+def _same_content(a: Path, b: Path) -> bool:
+    names = ("manifest.csv", "dataset.json")  # the manifest holds every file's sha256
+    return all((a / n).is_file() and (b / n).is_file() and (a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+
 def install_dataset(ws: Workspace, staged: Path, data_name: str = "data") -> Path:
-    """Swap a validated staging folder into `data/` (the old folder is removed only after the swap)."""
+    """Swap a validated staging folder into `data/` (the old folder is removed only after the swap).
+
+    When the staged dataset equals what `data/` already holds and `data/` matches `data.dvc`, the
+    existing files are kept: DVC then has nothing to re-hash (a re-run of the same source is fast).
+    """
     target = ws.data_dir(data_name)
+    if target.exists() and _same_content(staged, target) and status(ws, data_name).workspace_matches:
+        shutil.rmtree(staged)
+        return target
     trash = ws.staging_dir / f"old-{uuid.uuid4().hex[:8]}"
     if target.exists():
         trash.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +108,7 @@ def add_and_push(ws: Workspace, data_name: str = "data") -> str:
     """`dvc add data` + `dvc push`; returns the new data version."""
     repo = _repo(ws)
     try:
-        repo.add(data_name)
+        repo.add(str(ws.data_dir(data_name)))
         repo.push(targets=[str(_dvc_file(ws, data_name))])
     finally:
         repo.close()

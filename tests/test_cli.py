@@ -1,0 +1,72 @@
+"""The `visionflow` command as a user runs it (subprocesses, real tools)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT, make_folder
+
+CLI = str(Path(sys.executable).parent / "visionflow")
+
+
+def _run(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_HOME", "BENTOML_HOME"))}
+    return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, env=env, **kw)
+
+
+def test_help_is_fast_and_lists_commands(tmp_path):
+    _run(["--help"], tmp_path)  # warm the page cache
+    start = time.perf_counter()
+    out = _run(["--help"], tmp_path)
+    elapsed = time.perf_counter() - start
+    assert out.returncode == 0 and "ingest" in out.stdout and "validate" in out.stdout
+    assert elapsed < 3.0, f"--help took {elapsed:.2f}s: a heavy import leaked into the CLI's top level"
+
+
+def test_bad_config_fails_before_work_in_one_line(tmp_path):
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    out = _run(["ingest", "--set", "validation.min_images_per_clas=3"], tmp_path)
+    assert out.returncode == 2
+    err = out.stderr.strip()
+    assert len(err.splitlines()) == 1 and "validation.min_images_per_clas" in err and "min_images_per_class_per_split" in err
+    assert not (tmp_path / ".visionflow" / "staging").exists() and not (tmp_path / "data").exists()
+    out = _run(["run", "--profile", "fastest"], tmp_path)
+    assert out.returncode == 2 and "allowed: default, full, quick" in out.stderr
+
+
+def test_validate_without_data_says_what_to_do(tmp_path):
+    out = _run(["validate"], tmp_path)
+    assert out.returncode == 1 and "visionflow ingest" in out.stderr
+
+
+def test_ingest_of_a_bad_folder_exits_nonzero_naming_the_file(project, tmp_path):
+    src = make_folder(tmp_path / "src")
+    (src / "owl" / "zero.png").write_bytes(b"")
+    out = _run(["ingest", "--source", str(src)], project)
+    assert out.returncode == 1
+    assert "every file decodes" in out.stderr and "owl/zero.png" in out.stderr and "Traceback" not in out.stderr
+    assert not (project / "data").exists() and not (project / "data.dvc").exists()
+
+
+@pytest.mark.slow
+def test_bundled_ingest_reproduces_the_committed_data_version(tmp_path):
+    """A fresh clone's `visionflow ingest` gives the md5 committed in data.dvc, byte for byte."""
+    root = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO_ROOT), str(root)], check=True)
+    committed = yaml.safe_load((REPO_ROOT / "data.dvc").read_text())["outs"][0]["md5"].removesuffix(".dir")
+    out = _run(["ingest"], root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert committed in out.stdout
+    assert "Data Docs" in out.stdout and (root / ".visionflow" / "reports" / "data_docs" / "index.html").exists()
+    diff = subprocess.run(["git", "status", "--porcelain", "data.dvc"], cwd=root, capture_output=True, text=True)
+    assert diff.stdout == "", "data.dvc changed: ingest is not deterministic"
+    status = _run(["data", "status"], root)
+    assert status.returncode == 0 and committed in status.stdout and "matches" in status.stdout
+    valid = _run(["validate"], root)
+    assert valid.returncode == 0 and "validation passed" in valid.stdout
