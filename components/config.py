@@ -75,11 +75,87 @@ class ValidationConfig(_Strict):
         return self
 
 
+class EngineConfig(_Strict):
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda → mps → cpu
+    channels_last: bool = True
+    compile: bool = False  # torch.compile (~18 s cold on this CPU; pays off only on long runs)
+    progress: bool = True
+
+
+class TrainConfig(_Strict):
+    """One classifier's recipe (see ../shared/CALIBRATION.md for what helped on MNIST-5k)."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    label_smoothing: float = Field(0.05, ge=0, lt=1)
+    augment: Literal["none", "shift", "affine"] = "affine"  # no flips: digits are not symmetric
+    rotate_deg: float = Field(10.0, ge=0)
+    scale: float = Field(0.1, ge=0, lt=1)
+    shift_px: float = Field(2.0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+    patience: int = Field(10, ge=1, description="early stopping: epochs without a better val accuracy")
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    seed: int = 0
+    max_seconds: float | None = Field(None, gt=0, description="wall-clock budget; stops after the epoch that crosses it")
+
+
+class GanTrainConfig(_Strict):
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    beta1: float = 0.5
+    beta2: float = 0.999
+    real_label: float = Field(0.9, gt=0, le=1, description="one-sided label smoothing")
+    aux_weight: float = Field(1.0, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    precision: Literal["auto", "bf16", "fp32"] = "fp32"  # bf16 cost GAN-test 4.5 pp in calibration
+    seed: int = 0
+    max_seconds: float | None = Field(None, gt=0)
+
+
+class ClassifierFamily(_Strict):
+    enabled: bool = True
+    model: str
+    hparams: dict[str, Any] = {}
+    train: TrainConfig = TrainConfig()
+
+
+class GanFamily(_Strict):
+    enabled: bool = True
+    model: str = "gan"
+    hparams: dict[str, Any] = {}
+    train: GanTrainConfig = GanTrainConfig()
+
+
+class DecisionFusionFamily(_Strict):
+    enabled: bool = True
+    members: tuple[str, str] = ("cnn", "cnn_lstm")  # keys of `models`
+    alpha_steps: int = Field(21, ge=2, description="α grid on [0, 1], chosen on the validation split")
+
+
+class ModelsConfig(_Strict):
+    cnn: ClassifierFamily = ClassifierFamily(model="cnn")
+    rnn: ClassifierFamily = ClassifierFamily(model="rnn", train=TrainConfig(grad_clip=1.0))
+    cnn_lstm: ClassifierFamily = ClassifierFamily(model="cnn_lstm", train=TrainConfig(grad_clip=1.0))
+    feature_fusion: ClassifierFamily = ClassifierFamily(model="feature_fusion", enabled=False, train=TrainConfig(grad_clip=1.0))
+    gan: GanFamily = GanFamily()
+    decision_fusion: DecisionFusionFamily = DecisionFusionFamily()
+
+    def classifiers(self) -> dict[str, ClassifierFamily]:
+        """The enabled trainable classifiers, by key."""
+        return {k: getattr(self, k) for k in ("cnn", "rnn", "cnn_lstm", "feature_fusion") if getattr(self, k).enabled}
+
+
 class Config(_Strict):
     profile: str = "default"
     workspace: str = Field(".visionflow", description="local state root; VISIONFLOW_HOME overrides")
     data: DataConfig = DataConfig()
     validation: ValidationConfig = ValidationConfig()
+    engine: EngineConfig = EngineConfig()
+    models: ModelsConfig = ModelsConfig()
 
     def hash(self) -> str:
         """Stable short hash of the resolved config (lineage tag and cache key)."""

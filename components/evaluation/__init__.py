@@ -1,0 +1,1 @@
+"""Evaluation: metrics, robustness, efficiency, GAN metrics, the comparison report."""

@@ -1,0 +1,1 @@
+"""Training engine: classifier loop, GAN loop, device/precision selection, checkpoints."""

@@ -1,0 +1,256 @@
+"""The classifier loop: `train_one_epoch` / `evaluate` as plain functions (torchvision-references
+style) and `fit` around them (schedule, early stopping on validation, checkpoints, resume, callback).
+
+Determinism: the batch order and the augmentation of epoch e come from generators seeded with
+(seed, e), and the global RNG state (dropout) is saved in every checkpoint, so a resumed run
+continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from components.config import EngineConfig, TrainConfig
+from components.data.datasets import DatasetSpec, ImageTensors
+from components.training.device import select_device, use_bf16
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class Batcher:
+    """Turns uint8 tensors into normalised float batches on the device (augmenting if asked)."""
+
+    spec: DatasetSpec
+    device: torch.device
+    channels_last: bool
+    cfg: TrainConfig | None = None  # None: no augmentation (evaluation)
+
+    def __post_init__(self) -> None:
+        c = self.spec.in_channels
+        self.mean = torch.tensor(self.spec.mean, device=self.device).view(1, c, 1, 1)
+        self.std = torch.tensor(self.spec.std, device=self.device).view(1, c, 1, 1)
+
+    def __call__(self, xb: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        x = xb.to(self.device, non_blocking=True).float().div_(255)
+        if self.cfg is not None and self.cfg.augment != "none":
+            x = augment(x, self.cfg, gen)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """Per-sample random affine (rotation, scale, shift in pixels), batched with affine_grid."""
+    n, _, h, w = x.shape
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(n, generator=gen).mul_(hi - lo).add_(lo)
+
+    tx = uniform(-cfg.shift_px, cfg.shift_px) * 2 / w
+    ty = uniform(-cfg.shift_px, cfg.shift_px) * 2 / h
+    if cfg.augment == "affine":
+        angle = uniform(-cfg.rotate_deg, cfg.rotate_deg) * math.pi / 180
+        scale = uniform(1 - cfg.scale, 1 + cfg.scale)
+    else:
+        angle, scale = torch.zeros(n), torch.ones(n)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(x.device)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    data: ImageTensors,
+    batcher: Batcher,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: nn.Module,
+    *,
+    batch_size: int,
+    bf16: bool,
+    grad_clip: float | None,
+    gen: torch.Generator,
+) -> dict[str, float]:
+    model.train()
+    order = torch.randperm(len(data), generator=gen)
+    total_loss, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        if len(idx) < 2:  # BatchNorm cannot train on a single sample
+            continue
+        x = batcher(data.x[idx], gen)
+        y = data.y[idx].to(batcher.device, non_blocking=True)
+        with _autocast(batcher.device, bf16):
+            logits = model(x)
+            loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(idx)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(idx)
+    seconds = time.perf_counter() - start
+    return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1), "img_per_s": seen / seconds, "epoch_seconds": seconds}
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, data: ImageTensors, batcher: Batcher, *, batch_size: int = 512, bf16: bool = False) -> torch.Tensor:
+    model.eval()
+    out = []
+    for i in range(0, len(data), batch_size):
+        with _autocast(batcher.device, bf16):
+            logits = model(batcher(data.x[i : i + batch_size]))
+        out.append(torch.softmax(logits.float(), 1).cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageTensors, batcher: Batcher, *, bf16: bool = False) -> dict[str, float]:
+    probs = predict_proba(model, data, batcher, bf16=bf16)
+    nll = F.nll_loss(torch.log(probs.clamp_min(1e-12)), data.y).item()
+    return {"loss": nll, "acc": (probs.argmax(1) == data.y).float().mean().item()}
+
+
+@dataclass
+class FitResult:
+    best_val_acc: float
+    best_epoch: int
+    epochs_run: int
+    best_checkpoint: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    img_per_s: float = 0.0
+    bf16: bool = False
+    device: str = "cpu"
+    stopped_early: bool = False
+
+
+def _save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a half checkpoint
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+
+
+def fit(
+    model: nn.Module,
+    train: ImageTensors,
+    val: ImageTensors,
+    spec: DatasetSpec,
+    cfg: TrainConfig,
+    engine: EngineConfig = EngineConfig(),
+    *,
+    workdir: Path,
+    resume: bool = False,
+    on_epoch_end: EpochCallback | None = None,
+    label: str = "train",
+) -> FitResult:
+    """Train with early stopping on val accuracy; `workdir` gets last.pt (resume) and best.pt."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    device = select_device(engine.device)
+    bf16 = use_bf16(cfg.precision, device)
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    if engine.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":  # small datasets: one pinned, non-blocking copy to the GPU
+        train = ImageTensors(train.x.pin_memory().to(device, non_blocking=True), train.y.to(device), train.paths)
+    step_model = torch.compile(model) if engine.compile else model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = sum(1 for i in range(0, len(train), cfg.batch_size) if len(train) - i >= 2)
+    scheduler = _scheduler(optimizer, cfg, steps)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    train_batcher = Batcher(spec, device, engine.channels_last, cfg)
+    eval_batcher = Batcher(spec, device, engine.channels_last)
+
+    last, best_path = workdir / "last.pt", workdir / "best.pt"
+    start_epoch, best_acc, best_loss, best_epoch, bad, history = 0, -1.0, math.inf, -1, 0, []
+    if resume and last.exists():
+        ckpt = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"])
+        start_epoch, best_acc, best_loss, best_epoch, bad, history = (
+            ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_loss"], ckpt["best_epoch"], ckpt["bad"], ckpt["history"],
+        )  # fmt: skip
+
+    progress = _progress(engine.progress, label, cfg.epochs, start_epoch)
+    t0 = time.perf_counter()
+    elapsed_before = sum(h.get("epoch_seconds", 0.0) for h in history)
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs):
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        stats = train_one_epoch(step_model, train, train_batcher, optimizer, scheduler, loss_fn,
+                                batch_size=cfg.batch_size, bf16=bf16, grad_clip=cfg.grad_clip, gen=gen)  # fmt: skip
+        val_stats = evaluate(model, val, eval_batcher, bf16=bf16)
+        metrics = {**stats, "val_loss": val_stats["loss"], "val_acc": val_stats["acc"], "lr": optimizer.param_groups[0]["lr"], "epoch": epoch}
+        history.append(metrics)
+        improved = val_stats["acc"] > best_acc or (val_stats["acc"] == best_acc and val_stats["loss"] < best_loss)
+        if improved:
+            best_acc, best_loss, best_epoch, bad = val_stats["acc"], val_stats["loss"], epoch, 0
+            _save({"model": model.state_dict(), "epoch": epoch, "val_acc": best_acc}, best_path)
+        else:
+            bad += 1
+        _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+               "rng": torch.get_rng_state(), "epoch": epoch, "best_acc": best_acc, "best_loss": best_loss,
+               "best_epoch": best_epoch, "bad": bad, "history": history}, last)  # fmt: skip
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+        progress(epoch, metrics)
+        if bad >= cfg.patience:
+            stopped_early = True
+            break
+        if cfg.max_seconds and elapsed_before + time.perf_counter() - t0 >= cfg.max_seconds:
+            stopped_early = True
+            break
+    progress(None, None)
+    model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
+    train_seconds = sum(h["epoch_seconds"] for h in history)
+    n_imgs = sum(h["img_per_s"] * h["epoch_seconds"] for h in history)
+    return FitResult(best_acc, best_epoch, len(history), best_path, history, time.perf_counter() - t0 + elapsed_before,
+                     n_imgs / max(train_seconds, 1e-9), bf16, str(device), stopped_early)  # fmt: skip
+
+
+def _progress(enabled: bool, label: str, epochs: int, start: int):
+    """A rich progress bar over epochs (loss, val accuracy, img/s); a no-op when disabled."""
+    if not enabled:
+        return lambda epoch, metrics: None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+    task = bar.add_task(label, total=epochs, completed=start, info="")
+    bar.start()
+
+    def update(epoch, metrics):
+        if epoch is None:
+            bar.stop()
+            return
+        bar.update(task, completed=epoch + 1, info=f"loss {metrics['train_loss']:.3f}  val acc {metrics['val_acc']:.4f}  {metrics['img_per_s']:.0f} img/s")
+
+    return update

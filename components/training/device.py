@@ -1,0 +1,48 @@
+"""Device and precision: cuda → mps → cpu, and bf16 autocast only where the hardware has it.
+
+On CPUs, bf16 pays only with AMX or AVX512-BF16 (2.5–2.8× in calibration); without them it is
+emulated and slower, so `auto` detects instead of assuming.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    if preference != "auto":
+        if preference == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("engine.device=cuda but torch sees no CUDA GPU; use engine.device=auto")
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = next(
+            (line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), ""
+        ).split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def use_bf16(preference: str, device: torch.device) -> bool:
+    """`auto`: bf16 on CUDA GPUs that support it and on CPUs with AMX/AVX512-BF16; fp32 elsewhere."""
+    if preference == "fp32":
+        return False
+    if preference == "bf16":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_has_fast_bf16()
+    return False
