@@ -149,6 +149,30 @@ class ModelsConfig(_Strict):
         return {k: getattr(self, k) for k in ("cnn", "rnn", "cnn_lstm", "feature_fusion") if getattr(self, k).enabled}
 
 
+class EvaluationConfig(_Strict):
+    latency_runs: int = Field(50, ge=5)
+    noise_sigmas: tuple[float, ...] = (0.1, 0.3)  # of the pixel range
+    fgsm_eps: tuple[float, ...] = (0.05, 0.1)
+    saliency_per_class: int = Field(3, ge=1)
+    gan_test_samples: int = Field(1000, ge=10)
+    gan_train_samples: int = Field(10_000, ge=10)
+    gan_train_epochs: int = Field(4, ge=1)
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; null = MLFLOW_TRACKING_URI or the workspace's sqlite store")
+    experiment: str = "visionflow"
+
+
+class SelectionConfig(_Strict):
+    margin: float = Field(0.0, ge=0, le=1, description="min test-accuracy gain over the champion")
+    alpha: float = Field(0.05, gt=0, lt=1, description="McNemar significance level")
+
+
+class OrchestrationConfig(_Strict):
+    max_workers: int = Field(1, ge=1, description="families trained at once (threads); 1 on a 2-core CPU")
+
+
 class Config(_Strict):
     profile: str = "default"
     workspace: str = Field(".visionflow", description="local state root; VISIONFLOW_HOME overrides")
@@ -156,6 +180,10 @@ class Config(_Strict):
     validation: ValidationConfig = ValidationConfig()
     engine: EngineConfig = EngineConfig()
     models: ModelsConfig = ModelsConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    selection: SelectionConfig = SelectionConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     def hash(self) -> str:
         """Stable short hash of the resolved config (lineage tag and cache key)."""

@@ -136,14 +136,79 @@ def data_pull(root: RootOpt = Path(".")) -> None:
 
 
 @app.command()
-def run(profile: ProfileOpt = "default", set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """The main job (`make run`): the whole pipeline. Today: ingest → validate → version."""
-    import time
+def run(
+    profile: ProfileOpt = "default",
+    set_: SetOpt = None,
+    source: Annotated[Optional[str], typer.Option("--source", help="image folder instead of params.yaml data.source")] = None,
+    root: RootOpt = Path("."),
+) -> None:
+    """The main job (`make run`): data → train every family → evaluate → MLflow → champion."""
+    cfg, ws = _setup(root, profile, set_)
+    from rich.console import Console
 
-    start = time.perf_counter()
-    result = _run_data_flow(root, profile, set_, None)
-    _print_data_result(result)
-    typer.echo(f"done in {time.perf_counter() - start:.1f}s")
+    from flows.training_pipeline import training_pipeline
+
+    state = training_pipeline(root=str(ws.root), profile=profile, overrides=set_ or [], source=source, return_state=True)
+    if state.is_failed():
+        try:
+            state.result()
+        except Exception as exc:  # noqa: BLE001
+            msg = state.message if "validation" in (state.message or "") else f"{type(exc).__name__}: {exc}"
+            _fail(msg)
+    res = state.result()
+    out = Console(soft_wrap=True)
+    out.print(res.table)
+    out.print(f"\nselection    : {res.decision}")
+    out.print(f"champion     : visionflow-classifier v{res.champion}  (models:/visionflow-classifier@champion)")
+    if res.generator:
+        out.print(f"generator    : visionflow-gan v{res.generator}")
+    out.print(f"data version : {res.data_version}")
+    out.print(f"report       : {res.report}  (also .visionflow/reports/latest/)")
+    if res.data_docs:
+        out.print(f"Data Docs    : {res.data_docs}")
+    out.print(f"MLflow       : {res.tracking_uri}, parent run {res.parent_run_id}; browse with `visionflow ui`")
+    out.print(f"done in {res.seconds:.0f}s")
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+    root: RootOpt = Path("."),
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 over the workspace's store and print the URL."""
+    import os
+    import subprocess
+
+    cfg, ws = _setup(root, "default", None)
+    from components.tracking import mlflow_store as store
+
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or store.default_uri(ws)
+    if not uri.startswith("sqlite:"):
+        _fail(f"tracking URI {uri} is a server already: open it in a browser")
+    ws.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (store {uri}; Ctrl-C stops it)")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--default-artifact-root",
+           (ws.mlflow_dir / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Argument(help="registered model, e.g. visionflow-classifier or visionflow-cnn")],
+    version: Annotated[str, typer.Argument(help="its version number")],
+    root: RootOpt = Path("."),
+) -> None:
+    """Move the `champion` alias by hand (recorded as manual, with who and when)."""
+    cfg, ws = _setup(root, "default", None)
+    from components.tracking import mlflow_store as store
+
+    store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
+    try:
+        target = store.promote(name, version)
+    except store.PromotionError as exc:
+        _fail(str(exc))
+    typer.secho(f"champion is now {store.CLASSIFIER_MODEL} v{target} (from {name} v{version})", fg=typer.colors.GREEN)
 
 
 def main() -> None:

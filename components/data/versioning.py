@@ -37,13 +37,17 @@ def _dvc_file(ws: Workspace, data_name: str) -> Path:
     return ws.root / f"{data_name}.dvc"
 
 
-def _repo(ws: Workspace):
+def _quiet_dvc() -> None:
     import logging
 
+    # DVC's "git add data.dvc" / autostage / init hints are for its own CLI; we print our own summary.
+    logging.getLogger("dvc").setLevel(logging.WARNING)
+
+
+def _repo(ws: Workspace):
     from dvc.repo import Repo
 
-    # DVC's "git add data.dvc" / autostage hints are for its own CLI; we print our own summary.
-    logging.getLogger("dvc").setLevel(logging.WARNING)
+    _quiet_dvc()
     return Repo(str(ws.root))
 
 
@@ -52,6 +56,7 @@ def ensure_repo(ws: Workspace, remote_url: str | None = None) -> None:
     from dvc.repo import Repo
 
     if not (ws.root / ".dvc").is_dir():
+        _quiet_dvc()
         Repo.init(str(ws.root), no_scm=not (ws.root / ".git").exists())
     repo = _repo(ws)
     try:

@@ -1,0 +1,102 @@
+"""Issue 3's numbers: test accuracy of every family (mean/min/max over seeds), GAN-test/GAN-train,
+wall time of training all families together, peak resident memory.
+
+Run (after `make run` has ingested data/):
+    .venv/bin/python benchmarks/bench_families.py --profile default --seeds 0 1 2
+Every choice (early stopping, best epoch, decision-fusion α) is made on the validation split; the
+test split is only measured. Prints a markdown table; --json writes the raw figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from components.workspace import Workspace  # noqa: E402
+
+
+def run_seed(cfg, data_dir: Path, out: Path, loaded) -> dict:
+    from components.evaluation.gan_metrics import gan_test, gan_train
+    from components.training.runner import fuse, load_trained, split_accuracy, train_classifier, train_gan
+
+    spec, splits = loaded
+    row: dict = {"seconds": {}}
+    t_all = time.perf_counter()
+    trained = {}
+    for key, fam in cfg.models.classifiers().items():
+        t = time.perf_counter()
+        trained[key] = train_classifier(key, fam, cfg.engine, data_dir, out, loaded=loaded)
+        row["seconds"][key] = time.perf_counter() - t
+        row[key] = split_accuracy(trained[key]["path"], splits["test"])
+        row[f"{key}_epochs"] = trained[key]["epochs_run"]
+    if cfg.models.decision_fusion.enabled:
+        t = time.perf_counter()
+        fused = fuse(cfg.models.decision_fusion, {k: v["path"] for k, v in trained.items()}, data_dir, out, loaded=loaded)
+        row["seconds"]["decision_fusion"] = time.perf_counter() - t
+        row["decision_fusion"] = split_accuracy(fused["path"], splits["test"])
+        row["alpha"] = fused["alpha"]
+    if cfg.models.gan.enabled:
+        t = time.perf_counter()
+        g = train_gan(cfg.models.gan, cfg.engine, data_dir, out, loaded=loaded)
+        row["seconds"]["gan"] = time.perf_counter() - t
+    row["train_all_seconds"] = time.perf_counter() - t_all
+    if cfg.models.gan.enabled and "cnn" in trained:
+        gan, _ = load_trained(g["path"])
+        judge, _ = load_trained(trained["cnn"]["path"])
+        row["gan_test"] = gan_test(gan, judge, spec, n=1000)
+        t = time.perf_counter()
+        row["gan_train"] = gan_train(gan, spec, splits["test"], workdir=out / "gan_train")
+        row["seconds"]["gan_train_metric"] = time.perf_counter() - t
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    ws = Workspace.at(".")
+    ws.activate()
+    from components.config import load_config
+    from components.data.datasets import load_dataset
+
+    data_dir = ws.data_dir()
+    loaded = load_dataset(data_dir)
+    rows = []
+    for seed in args.seeds:
+        keys = ["cnn", "rnn", "cnn_lstm", "feature_fusion", "gan"]
+        cfg = load_config("params.yaml", args.profile, [*args.overrides, *[f"models.{k}.train.seed={seed}" for k in keys], "engine.progress=false"])
+        with tempfile.TemporaryDirectory() as tmp:
+            row = run_seed(cfg, data_dir, Path(tmp), loaded)
+        row["seed"] = seed
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    metrics = [m for m in ("cnn", "rnn", "cnn_lstm", "feature_fusion", "decision_fusion", "gan_test", "gan_train") if m in rows[0]]
+    print(f"\nprofile {args.profile}, seeds {args.seeds}, test split of {len(loaded[1]['test'])} images")
+    print("| metric | mean | min | max |\n|---|---|---|---|")
+    for m in metrics:
+        vals = [r[m] * 100 for r in rows]
+        print(f"| {m} | {statistics.mean(vals):.2f} % | {min(vals):.2f} % | {max(vals):.2f} % |")
+    times = [r["train_all_seconds"] for r in rows]
+    print(f"| train all families (wall) | {statistics.mean(times):.0f} s | {min(times):.0f} s | {max(times):.0f} s |")
+    for k in rows[0]["seconds"]:
+        vals = [r["seconds"][k] for r in rows]
+        print(f"| {k} time | {statistics.mean(vals):.0f} s | {min(vals):.0f} s | {max(vals):.0f} s |")
+    print(f"| peak resident memory | {peak_gb:.2f} GB | | |")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "peak_rss_gb": peak_gb}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""MLflow 3: where runs go, what each run records, and the model registry (aliases, never stages).
+
+Embedded default: a sqlite backend and a local artifact root inside the workspace. Set
+`MLFLOW_TRACKING_URI` (or `tracking.uri` in params.yaml) to use any MLflow server instead.
+
+Runs are addressed by id through `MlflowClient` (no global "active run"), so tasks in threads or
+other processes can log to the right run. Nothing is registered until a pipeline run has trained and
+evaluated everything (`register_version`), so a failed run leaves no half-written registry entry.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from components.workspace import Workspace
+
+EXPERIMENT = "visionflow"
+CLASSIFIER_MODEL = "visionflow-classifier"  # the one registered model that serves classification
+GENERATOR_MODEL = "visionflow-gan"
+CHAMPION, CHALLENGER, GENERATOR = "champion", "challenger", "generator"
+
+
+def registered_name(key: str) -> str:
+    return f"visionflow-{key.replace('_', '-')}"
+
+
+def _quiet_mlflow() -> None:
+    import logging
+
+    # Pickle-format and system-metrics chatter: the format choice is documented in log_model.
+    for name in ("mlflow.pytorch", "mlflow.system_metrics", "mlflow.store.db.utils", "mlflow.models.model"):
+        logging.getLogger(name).setLevel(logging.WARNING if "pytorch" not in name else logging.ERROR)
+
+
+def client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def default_uri(ws: Workspace) -> str:
+    return f"sqlite:///{ws.mlflow_dir / 'mlflow.db'}"
+
+
+def configure(ws: Workspace, uri: str | None = None, experiment: str = EXPERIMENT) -> tuple[str, str]:
+    """Point MLflow at `uri` (env, config, or the workspace's sqlite store); returns (uri, experiment id)."""
+    import mlflow
+
+    _quiet_mlflow()
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(ws)
+    if uri.startswith("sqlite:"):
+        ws.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # workers and subprocesses log to the same store
+    mlflow.set_tracking_uri(uri)
+    c = client()
+    exp = c.get_experiment_by_name(experiment)
+    if exp is not None:
+        return uri, exp.experiment_id
+    # A local store needs an explicit artifact root, else artifacts land in ./mlruns of the cwd.
+    location = (ws.mlflow_dir / "artifacts").as_uri() if uri.startswith("sqlite:") else None
+    try:
+        return uri, c.create_experiment(experiment, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        return uri, c.get_experiment_by_name(experiment).experiment_id
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
+    return out
+
+
+def start_run(experiment_id: str, name: str, tags: dict[str, str], params: dict[str, str] | None = None, parent_id: str | None = None) -> str:
+    from mlflow.entities import Param
+
+    tags = {k: str(v) for k, v in tags.items() if v is not None}
+    if parent_id:
+        tags["mlflow.parentRunId"] = parent_id
+    run = client().create_run(experiment_id, run_name=name, tags=tags)
+    if params:
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            client().log_batch(run.info.run_id, params=items[i : i + 100])
+    return run.info.run_id
+
+
+def end_run(run_id: str, ok: bool) -> None:
+    client().set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+class EpochLogger:
+    """The training engine's per-epoch callback: every numeric metric, stepped by epoch."""
+
+    def __init__(self, run_id: str, prefix: str = ""):
+        self.run_id, self.prefix = run_id, prefix
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(f"{self.prefix}{k}", float(v), now, epoch) for k, v in metrics.items() if k != "epoch" and isinstance(v, (int, float))]
+        client().log_batch(self.run_id, metrics=batch)
+
+
+def log_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None])
+
+
+def log_artifacts(run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+    for p in paths:
+        if Path(p).is_dir():
+            client().log_artifacts(run_id, str(p), artifact_path)
+        elif Path(p).exists():
+            client().log_artifact(run_id, str(p), artifact_path)
+
+
+def log_dataset(run_id: str, manifest_csv: Path, data_version: str, data_dir: Path) -> None:
+    """The dataset as an MLflow dataset input, its digest the DVC md5 (the lineage key)."""
+    import mlflow
+    import pandas as pd
+
+    import warnings
+
+    df = pd.read_csv(manifest_csv, usecols=["path", "label", "class_name", "split", "sha256"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways": it is a local folder
+        ds = mlflow.data.from_pandas(df, source=str(data_dir), targets="label", name=f"data@{data_version[:8]}", digest=data_version[:32])
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_input(ds, context="training")
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"torch=={version('torch')}", f"torchvision=={version('torchvision')}", f"numpy=={version('numpy')}", f"visionflow=={version('visionflow')}"]
+
+
+def log_model(run_id: str, model, input_example, spec_json: str, *, extra_metadata: dict | None = None) -> str:
+    """`log_model(name="model")` with a signature, an input example and explicit requirements.
+
+    Pickle format: pt2 (torch.export) freezes shapes and cannot trace the GAN's sampling; pickle
+    loads our classes back, so load only from a registry you trust. Returns the model URI.
+    """
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    model = model.cpu().eval()
+    with torch.no_grad():
+        output = model(torch.as_tensor(input_example)).float().numpy()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # integer-column hint: the GAN's input is class labels
+        signature = infer_signature(np.asarray(input_example), output)
+    metadata = {"visionflow_spec": json.loads(spec_json), **(extra_metadata or {})}
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model, name="model", signature=signature, input_example=np.asarray(input_example),
+            pip_requirements=pip_requirements(), serialization_format="pickle", metadata=metadata,
+        )  # fmt: skip
+    return info.model_uri
+
+
+def register_version(model_uri: str, name: str, tags: dict[str, Any]) -> str:
+    """Registers `model_uri` as a new version of `name`; returns the version number."""
+    import mlflow
+
+    mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items() if v is not None})
+    return str(mv.version)
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    try:
+        return str(client().get_model_version_by_alias(name, alias).version)
+    except Exception:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str, *, manual: bool = False, reason: str = "") -> None:
+    c = client()
+    c.set_registered_model_alias(name, alias, version)
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    c.set_model_version_tag(name, version, f"{alias}_since", stamp)
+    if manual:
+        c.set_model_version_tag(name, version, "promotion", "manual")
+        c.set_model_version_tag(name, version, "promoted_by", getpass.getuser())
+        c.set_model_version_tag(name, version, "promoted_at", stamp)
+    if reason:
+        c.set_model_version_tag(name, version, f"{alias}_reason", reason[:5000])
+
+
+class PromotionError(ValueError):
+    pass
+
+
+def promote(name: str, version: str) -> str:
+    """Moves `champion` by hand (to CLASSIFIER_MODEL); refuses unevaluated or unvalidated versions.
+
+    A version of a family model (e.g. visionflow-cnn) is first registered into the classifier model.
+    Returns the classifier-model version that became champion.
+    """
+    c = client()
+    try:
+        mv = c.get_model_version(name, str(version))
+    except Exception:
+        raise PromotionError(f"{name} version {version} not found in the registry at {os.environ.get('MLFLOW_TRACKING_URI')}") from None
+    tags = mv.tags or {}
+    if tags.get("evaluated") != "true" or "test_accuracy" not in tags:
+        raise PromotionError(f"{name} v{version} has no evaluation (tag evaluated=true); evaluate it with a pipeline run first")
+    if tags.get("data_validated") != "true":
+        raise PromotionError(f"{name} v{version}: its data version {tags.get('data_version')} did not pass validation")
+    if tags.get("task", "classification") != "classification":
+        raise PromotionError(f"{name} v{version} is a {tags.get('task')} model; only classifiers can be champion")
+    target_version = str(version)
+    if name != CLASSIFIER_MODEL:
+        target_version = register_version(mv.source, CLASSIFIER_MODEL, {**tags, "registered_from": f"{name}/{version}"})
+    set_alias(CLASSIFIER_MODEL, CHAMPION, target_version, manual=True, reason=f"manual promotion of {name} v{version}")
+    return target_version

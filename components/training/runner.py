@@ -1,0 +1,125 @@
+"""Train one configured family from `data/` and save it as a self-describing file.
+
+A saved model (`model.pt`) holds the registry name, the hyper-parameters, the dataset spec (the
+preprocessing contract) and the weights, so `load_trained(path)` rebuilds it anywhere. The functions
+take and return small values (paths, numbers), which is what crosses a Prefect task boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from components.config import ClassifierFamily, DecisionFusionFamily, EngineConfig, GanFamily
+from components.data.datasets import DatasetSpec, ImageTensors, load_dataset
+from components.models import create_model, family_of
+from components.models.hybrid import choose_alpha
+from components.training.classifier import Batcher, EpochCallback, evaluate, fit, predict_proba
+from components.training.device import select_device
+from components.training.gan import fit_gan
+
+MODEL_FILE = "model.pt"
+
+
+def save_trained(model: nn.Module, name: str, hparams: dict[str, Any], spec: DatasetSpec, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"model_name": name, "hparams": hparams, "spec": spec.to_json(), "state_dict": state}, path)
+    return path
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, DatasetSpec]:
+    blob = torch.load(path, map_location=device, weights_only=True)
+    spec = DatasetSpec.from_json(blob["spec"])
+    model = create_model(blob["model_name"], num_classes=spec.num_classes, in_channels=spec.in_channels, image_size=spec.image_size, **blob["hparams"])
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval(), spec
+
+
+def _seeded_model(name: str, spec: DatasetSpec, hparams: dict, seed: int) -> nn.Module:
+    torch.manual_seed(seed)  # model initialisation is part of the seed's determinism
+    return create_model(name, num_classes=spec.num_classes, in_channels=spec.in_channels, image_size=spec.image_size, **hparams)
+
+
+def train_classifier(
+    key: str,
+    fam: ClassifierFamily,
+    engine: EngineConfig,
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    on_epoch_end: EpochCallback | None = None,
+    loaded: tuple[DatasetSpec, dict[str, ImageTensors]] | None = None,
+) -> dict[str, Any]:
+    spec, splits = loaded or load_dataset(data_dir)
+    model = _seeded_model(fam.model, spec, fam.hparams, fam.train.seed)
+    res = fit(model, splits["train"], splits["val"], spec, fam.train, engine, workdir=out_dir / key / "checkpoints",
+              resume=resume, on_epoch_end=on_epoch_end, label=key)  # fmt: skip
+    model_path = save_trained(model, fam.model, fam.hparams, spec, out_dir / key / MODEL_FILE)
+    return {
+        "key": key, "model": fam.model, "family": family_of(fam.model), "path": str(model_path),
+        "val_acc": res.best_val_acc, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
+        "train_seconds": res.seconds, "img_per_s": res.img_per_s, "bf16": res.bf16, "device": res.device,
+        "history": res.history,
+    }  # fmt: skip
+
+
+def train_gan(
+    fam: GanFamily,
+    engine: EngineConfig,
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    on_epoch_end: EpochCallback | None = None,
+    loaded: tuple[DatasetSpec, dict[str, ImageTensors]] | None = None,
+) -> dict[str, Any]:
+    spec, splits = loaded or load_dataset(data_dir)
+    gan = _seeded_model(fam.model, spec, fam.hparams, fam.train.seed)
+    res = fit_gan(gan, splits["train"], fam.train, engine, workdir=out_dir / "gan" / "checkpoints", resume=resume, on_epoch_end=on_epoch_end)
+    path = save_trained(gan, fam.model, fam.hparams, spec, out_dir / "gan" / MODEL_FILE)
+    return {"key": "gan", "model": fam.model, "family": "gan", "path": str(path), "epochs_run": res.epochs_run,
+            "train_seconds": res.seconds, "device": res.device, "history": res.history}  # fmt: skip
+
+
+def fuse(
+    fam: DecisionFusionFamily,
+    member_paths: dict[str, str],
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    loaded: tuple[DatasetSpec, dict[str, ImageTensors]] | None = None,
+) -> dict[str, Any]:
+    """Decision fusion of two trained classifiers; α chosen on the validation split only."""
+    spec, splits = loaded or load_dataset(data_dir)
+    device = select_device("auto")
+    (m1, _), (m2, _) = (load_trained(member_paths[k], device) for k in fam.members)
+    batcher = Batcher(spec, device, channels_last=False)
+    p1, p2 = (predict_proba(m, splits["val"], batcher) for m in (m1, m2))
+    alpha, val_acc = choose_alpha(p1, p2, splits["val"].y, fam.alpha_steps)
+    blobs = [torch.load(member_paths[k], map_location="cpu", weights_only=True) for k in fam.members]
+    hparams = {"members": [b["model_name"] for b in blobs], "alpha": alpha, "member_hparams": {b["model_name"]: b["hparams"] for b in blobs}}
+    if blobs[0]["model_name"] == blobs[1]["model_name"] and blobs[0]["hparams"] != blobs[1]["hparams"]:
+        raise ValueError("decision_fusion: two members of the same model need the same hparams")
+    fused = create_model("decision_fusion", num_classes=spec.num_classes, in_channels=spec.in_channels, image_size=spec.image_size, **hparams)
+    fused.f1.load_state_dict(blobs[0]["state_dict"])
+    fused.f2.load_state_dict(blobs[1]["state_dict"])
+    path = save_trained(fused, "decision_fusion", hparams, spec, out_dir / "decision_fusion" / MODEL_FILE)
+    return {"key": "decision_fusion", "model": "decision_fusion", "family": "hybrid", "path": str(path),
+            "val_acc": val_acc, "alpha": alpha, "members": list(fam.members)}  # fmt: skip
+
+
+def split_accuracy(model_path: str | Path, data: ImageTensors) -> float:
+    """Accuracy on a split (for benchmarks; the full evaluation lives in components/evaluation)."""
+    device = select_device("auto")
+    model, spec = load_trained(model_path, device)
+    return evaluate(model, data, Batcher(spec, device, channels_last=False))["acc"]
+
+
+def summary_json(result: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in result.items() if k != "history"}, sort_keys=True, default=str)

@@ -1,0 +1,233 @@
+"""`training_pipeline`: data flow → train each family → evaluate → log to MLflow → register → select.
+
+Wiring only: every task calls component functions and passes small values (paths, run ids, URIs).
+One MLflow parent run per pipeline run, one nested run per model. Models are registered and aliases
+moved only after every family trained and was evaluated; a failure anywhere marks the parent run
+FAILED and leaves the registry and its aliases as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from components.config import Config, load_config
+from components.data import versioning
+from components.data.datasets import DatasetSpec
+from components.evaluation import evaluate as ev
+from components.evaluation.report import markdown_table, write_report
+from components.models import family_of
+from components.tracking import mlflow_store as store
+from components.tracking.selection import gate
+from components.training import runner
+from components.workspace import Workspace
+from flows.data_flow import DataFlowResult, data_flow
+
+
+@dataclass
+class PipelineResult:
+    parent_run_id: str
+    data_version: str
+    report: str
+    table: str
+    champion: str | None
+    decision: str
+    generator: str | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    tracking_uri: str = ""
+    data_docs: str | None = None
+    seconds: float = 0.0
+
+
+def _input_example(spec: DatasetSpec):
+    import numpy as np
+
+    # batch of 2: an example of batch 1 would freeze the batch dimension in some formats
+    return np.zeros((2, spec.in_channels, *spec.image_size), dtype=np.float32)
+
+
+@task(name="train-classifier", cache_policy=NO_CACHE)
+def train_classifier_task(key: str, cfg: Config, data_dir: str, run_dir: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
+    fam = cfg.models.classifiers()[key]
+    run_id = store.start_run(exp_id, key, {**lineage, "family": family_of(fam.model), "model": fam.model},
+                             store.flatten({"model": fam.model, "hparams": fam.hparams, "train": fam.train.model_dump()}), parent_id)  # fmt: skip
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id, log_system_metrics=True):
+        result = runner.train_classifier(key, fam, cfg.engine, Path(data_dir), Path(run_dir), on_epoch_end=store.EpochLogger(run_id))
+    store.log_metrics(run_id, {"val_acc": result["val_acc"], "best_epoch": result["best_epoch"], "train_seconds": result["train_seconds"], "train_img_per_s": result["img_per_s"]})
+    get_run_logger().info("%s: val acc %.4f after %d epochs (%.0fs)", key, result["val_acc"], result["epochs_run"], result["train_seconds"])
+    return {**{k: v for k, v in result.items() if k != "history"}, "run_id": run_id}
+
+
+@task(name="train-gan", cache_policy=NO_CACHE)
+def train_gan_task(cfg: Config, data_dir: str, run_dir: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
+    fam = cfg.models.gan
+    run_id = store.start_run(exp_id, "gan", {**lineage, "family": "gan", "model": fam.model},
+                             store.flatten({"model": fam.model, "hparams": fam.hparams, "train": fam.train.model_dump()}), parent_id)  # fmt: skip
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id, log_system_metrics=True):
+        result = runner.train_gan(fam, cfg.engine, Path(data_dir), Path(run_dir), on_epoch_end=store.EpochLogger(run_id))
+    history_path = Path(run_dir) / "gan" / "history.json"
+    history_path.write_text(json.dumps(result["history"]))
+    return {**{k: v for k, v in result.items() if k != "history"}, "run_id": run_id, "history_path": str(history_path)}
+
+
+@task(name="decision-fusion", cache_policy=NO_CACHE)
+def fuse_task(cfg: Config, member_paths: dict[str, str], data_dir: str, run_dir: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
+    fam = cfg.models.decision_fusion
+    run_id = store.start_run(exp_id, "decision_fusion", {**lineage, "family": "hybrid", "model": "decision_fusion"},
+                             {"members": json.dumps(list(fam.members)), "alpha_steps": str(fam.alpha_steps)}, parent_id)  # fmt: skip
+    result = runner.fuse(fam, member_paths, Path(data_dir), Path(run_dir))
+    store.log_metrics(run_id, {"alpha": result["alpha"], "val_acc": result["val_acc"]})
+    get_run_logger().info("decision_fusion: α=%.2f chosen on validation (val acc %.4f)", result["alpha"], result["val_acc"])
+    return {**result, "run_id": run_id}
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(trained: dict, cfg: Config, data_dir: str, run_dir: str) -> dict:
+    key = trained["key"]
+    out = ev.evaluate_classifier_file(key, trained["path"], Path(data_dir), Path(run_dir) / key / "evaluation", cfg.evaluation)
+    store.log_metrics(trained["run_id"], {f"test_{k}": v for k, v in out["metrics"].items()})
+    store.log_artifacts(trained["run_id"], [Path(p) for p in out["images"]] + [Path(out["correct_path"])], "evaluation")
+    model, spec = runner.load_trained(trained["path"])
+    model_uri = store.log_model(trained["run_id"], model, _input_example(spec), spec.to_json(),
+                                extra_metadata={"task": "classification", "model_key": key})  # fmt: skip
+    return {**out, "key": key, "run_id": trained["run_id"], "model_uri": model_uri, "val_acc": trained["val_acc"], "path": trained["path"]}
+
+
+@task(name="evaluate-gan", cache_policy=NO_CACHE)
+def evaluate_gan_task(trained: dict, judge_path: str, cfg: Config, data_dir: str, run_dir: str) -> dict:
+    import numpy as np
+
+    history = json.loads(Path(trained["history_path"]).read_text())
+    out = ev.evaluate_gan_file(trained["path"], judge_path, Path(data_dir), Path(run_dir) / "gan" / "evaluation", cfg.evaluation, history)
+    store.log_metrics(trained["run_id"], out["metrics"])
+    store.log_artifacts(trained["run_id"], [Path(p) for p in out["images"]], "evaluation")
+    gan, spec = runner.load_trained(trained["path"])
+    model_uri = store.log_model(trained["run_id"], gan, np.array([0, 1], dtype=np.int64), spec.to_json(),
+                                extra_metadata={"task": "generation"})  # fmt: skip
+    return {**out, "key": "gan", "run_id": trained["run_id"], "model_uri": model_uri}
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(rows: list[dict], images: dict[str, list[str]], notes: list[str], out_dir: str, latest: str, parent_id: str) -> str:
+    html = write_report(rows, Path(out_dir), title="visionflow: model comparison (test split)",
+                        images={k: [Path(p) for p in v] for k, v in images.items()}, notes=notes, latest=Path(latest))  # fmt: skip
+    store.log_artifacts(parent_id, [Path(out_dir)], "report")
+    return str(html)
+
+
+@task(name="register-and-select", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)
+def register_task(evals: list[dict], gan_eval: dict | None, cfg: Config, data_dir: str, lineage: dict, parent_id: str) -> dict:
+    """Register every model, then gate the best-on-validation classifier against the champion."""
+    import mlflow
+
+    versions: dict[str, str] = {}
+    for e in evals:
+        tags = {**lineage, "run_id": e["run_id"], "family": e["row"]["family"], "evaluated": "true", "data_validated": "true",
+                "test_accuracy": f"{e['metrics']['accuracy']:.6f}", "val_accuracy": f"{e['val_acc']:.6f}", "task": "classification"}  # fmt: skip
+        versions[e["key"]] = store.register_version(e["model_uri"], store.registered_name(e["key"]), tags)
+    best = max(evals, key=lambda e: e["val_acc"])  # chosen on validation only
+    challenger_correct = json.loads(Path(best["correct_path"]).read_text())["correct"]
+    champion_version = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION)
+    champion_correct = None
+    if champion_version is not None:
+        try:
+            champion_correct = ev.paired_correct(f"models:/{store.CLASSIFIER_MODEL}@{store.CHAMPION}", Path(data_dir), _load_registered)
+        except ValueError as exc:  # e.g. a different class set: not comparable, the new data decides
+            get_run_logger().warning("current champion not comparable on this data: %s", exc)
+    decision = gate(challenger_correct, champion_correct, margin=cfg.selection.margin, alpha=cfg.selection.alpha)
+    tags = {**lineage, "run_id": best["run_id"], "family": best["row"]["family"], "model_key": best["key"], "evaluated": "true",
+            "data_validated": "true", "test_accuracy": f"{best['metrics']['accuracy']:.6f}", "val_accuracy": f"{best['val_acc']:.6f}",
+            "task": "classification", "registered_from": f"{store.registered_name(best['key'])}/{versions[best['key']]}"}  # fmt: skip
+    version = store.register_version(best["model_uri"], store.CLASSIFIER_MODEL, tags)
+    alias = store.CHAMPION if decision.promote else store.CHALLENGER
+    store.set_alias(store.CLASSIFIER_MODEL, alias, version, reason=decision.reason)
+    generator_version = None
+    if gan_eval is not None:
+        gtags = {**lineage, "run_id": gan_eval["run_id"], "family": "gan", "evaluated": "true", "data_validated": "true",
+                 "gan_test": f"{gan_eval['metrics']['gan_test']:.6f}", "gan_train": f"{gan_eval['metrics']['gan_train']:.6f}", "task": "generation"}  # fmt: skip
+        generator_version = store.register_version(gan_eval["model_uri"], store.GENERATOR_MODEL, gtags)
+        # the best generator by GAN-test keeps the alias
+        current = store.alias_version(store.GENERATOR_MODEL, store.GENERATOR)
+        current_score = float(store.client().get_model_version(store.GENERATOR_MODEL, current).tags.get("gan_test", -1)) if current else -1.0
+        if gan_eval["metrics"]["gan_test"] > current_score:
+            store.set_alias(store.GENERATOR_MODEL, store.GENERATOR, generator_version, reason=f"GAN-test {gan_eval['metrics']['gan_test']:.4f} > {current_score:.4f}")
+    summary = {"decision": decision.reason, "promoted": decision.promote, "alias": alias, "best": best["key"],
+               "classifier_version": version, "p_value": decision.p_value, "challenger_accuracy": decision.challenger_accuracy,
+               "champion_accuracy": decision.champion_accuracy, "generator_version": generator_version, "versions": versions}  # fmt: skip
+    with mlflow.start_run(run_id=parent_id):
+        mlflow.log_dict(summary, "selection.json")
+    store.client().set_tag(parent_id, "selection", decision.reason[:5000])
+    return summary
+
+
+def _load_registered(uri: str):
+    import mlflow
+
+    model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    spec = DatasetSpec.from_json(json.dumps(mlflow.models.get_model_info(uri).metadata["visionflow_spec"]))
+    return model.eval(), spec
+
+
+@flow(name="training_pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def training_pipeline(root: str = ".", profile: str = "default", overrides: list[str] | None = None, source: str | None = None):
+    start = time.perf_counter()
+    ws = Workspace.at(root)
+    cfg = load_config(ws.root / "params.yaml", profile, overrides or [])
+    state = data_flow(root=str(ws.root), profile=profile, overrides=overrides or [], source=source, return_state=True)
+    if state.is_failed():
+        return Failed(message=state.message)  # bad data: nothing trains, nothing moves
+    data: DataFlowResult = state.result()
+    data_dir = ws.data_dir(cfg.data.dir)
+    lineage = {"data_version": data.data_version, "params_hash": cfg.hash(), "git_commit": versioning.git_commit(ws.root) or "none", "profile": profile}
+    uri, exp_id = store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
+    parent = store.start_run(exp_id, f"pipeline-{profile}-{time.strftime('%Y%m%d-%H%M%S')}", lineage, store.flatten(cfg.model_dump(mode="json")))
+    run_dir = ws.home / "runs" / parent
+    try:
+        store.log_dataset(parent, data_dir / "manifest.csv", data.data_version, data_dir)
+        args = (str(data_dir), str(run_dir), exp_id, parent, lineage)
+        futures = {k: train_classifier_task.with_options(task_run_name=f"train-{k}").submit(k, cfg, *args) for k in cfg.models.classifiers()}
+        gan_future = train_gan_task.submit(cfg, *args) if cfg.models.gan.enabled else None
+        trained = {k: f.result() for k, f in futures.items()}
+        if cfg.models.decision_fusion.enabled and all(m in trained for m in cfg.models.decision_fusion.members):
+            trained["decision_fusion"] = fuse_task(cfg, {k: v["path"] for k, v in trained.items()}, *args)
+        evals = [evaluate_task.with_options(task_run_name=f"evaluate-{k}")(t, cfg, str(data_dir), str(run_dir)) for k, t in trained.items()]
+        gan_eval = None
+        if gan_future is not None:
+            judge = trained.get("cnn") or max(trained.values(), key=lambda t: t["val_acc"])
+            gan_eval = evaluate_gan_task(gan_future.result(), judge["path"], cfg, str(data_dir), str(run_dir))
+        rows = [e["row"] for e in evals] + ([gan_eval["row"]] if gan_eval else [])
+        images = {e["key"]: e["images"] for e in evals + ([gan_eval] if gan_eval else [])}
+        notes = [f"data version {data.data_version}; params hash {lineage['params_hash']}; MLflow parent run {parent}",
+                 "accuracy etc. on the test split; every choice (epochs, α, the best model) made on validation"]  # fmt: skip
+        if "decision_fusion" in trained:
+            notes.append(f"decision fusion α={trained['decision_fusion']['alpha']:.2f} over {', '.join(cfg.models.decision_fusion.members)} (chosen on validation)")
+        report = report_task(rows, images, notes, str(ws.reports_dir / parent), str(ws.reports_dir / "latest"), parent)
+        selection = register_task(evals, gan_eval, cfg, str(data_dir), lineage, parent)
+    except BaseException:
+        store.end_run(parent, ok=False)
+        raise
+    store.end_run(parent, ok=True)
+    table = markdown_table(rows)
+    _markdown_artifact(table, selection, uri, parent)
+    champion = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION)
+    return PipelineResult(parent, data.data_version, report, table, champion, selection["decision"], selection["generator_version"],
+                          rows, uri, data.data_docs, time.perf_counter() - start)  # fmt: skip
+
+
+def _markdown_artifact(table: str, selection: dict, uri: str, parent: str) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    md = f"## visionflow comparison\n\n{table}\n\n**Selection:** {selection['decision']}\n\nMLflow: `{uri}`, parent run `{parent}`\n"
+    create_markdown_artifact(markdown=md, key="model-comparison", description="Test-split comparison of every trained model")
