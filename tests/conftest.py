@@ -84,3 +84,14 @@ def project(tmp_path: Path) -> Path:
     (root / "params.yaml").write_text(QUICK_PARAMS)
     (root / ".gitignore").write_text("/.visionflow/\n/data/\n")
     return root
+
+
+@pytest.fixture
+def tracking_env():
+    """MLflow's configure() exports MLFLOW_TRACKING_URI for workers; undo it after each test."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before

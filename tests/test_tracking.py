@@ -19,16 +19,6 @@ from components.workspace import Workspace
 SPEC = DatasetSpec(["a", "b", "c"], 1, (12, 12), [0.2], [0.3])
 
 
-@pytest.fixture
-def tracking_env():
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
-
-
 def _exercise_store(ws, uri):
     import mlflow
 
