@@ -24,6 +24,7 @@ from components.workspace import Workspace  # noqa: E402
 
 
 def run_seed(cfg, data_dir: Path, out: Path, loaded) -> dict:
+    from components.config import TrainConfig
     from components.evaluation.gan_metrics import gan_test, gan_train
     from components.training.runner import fuse, load_trained, split_accuracy, train_classifier, train_gan
 
@@ -53,7 +54,9 @@ def run_seed(cfg, data_dir: Path, out: Path, loaded) -> dict:
         judge, _ = load_trained(trained["cnn"]["path"])
         row["gan_test"] = gan_test(gan, judge, spec, n=1000)
         t = time.perf_counter()
-        row["gan_train"] = gan_train(gan, spec, splits["test"], workdir=out / "gan_train")
+        row["gan_train"] = gan_train(gan, spec, splits["test"], workdir=out / "gan_train", cnn_hparams=cfg.models.cnn.hparams,
+                                     n=cfg.evaluation.gan_train_samples,
+                                     cfg=TrainConfig(epochs=cfg.evaluation.gan_train_epochs, augment="shift", patience=10_000))  # fmt: skip
         row["seconds"]["gan_train_metric"] = time.perf_counter() - t
     return row
 

@@ -194,6 +194,29 @@ def ui(
 
 
 @app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 3000,
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    model: Annotated[str, typer.Option(help="registered model URI")] = "models:/visionflow-classifier@champion",
+    poll: Annotated[float, typer.Option(help="seconds between alias checks (hot swap)")] = 5.0,
+    root: RootOpt = Path("."),
+) -> None:
+    """Serve the champion over HTTP (BentoML); switches models when the alias moves."""
+    import os
+    import subprocess
+
+    cfg, ws = _setup(root, "default", None)
+    from components.tracking import mlflow_store as store
+
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or store.default_uri(ws)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "VISIONFLOW_ROOT": str(ws.root), "VISIONFLOW_MODEL_URI": model,
+           "VISIONFLOW_POLL_SECONDS": str(poll)}  # fmt: skip
+    typer.echo(f"serving {model} from {uri} on http://{host}:{port}  (ready when GET /healthz is 200)")
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:Visionflow", "--host", host, "--port", str(port)]
+    raise typer.Exit(subprocess.call(cmd, env=env, cwd=ws.root))
+
+
+@app.command()
 def promote(
     name: Annotated[str, typer.Argument(help="registered model, e.g. visionflow-classifier or visionflow-cnn")],
     version: Annotated[str, typer.Argument(help="its version number")],

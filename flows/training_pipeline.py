@@ -110,7 +110,9 @@ def evaluate_gan_task(trained: dict, judge_path: str, cfg: Config, data_dir: str
     import numpy as np
 
     history = json.loads(Path(trained["history_path"]).read_text())
-    out = ev.evaluate_gan_file(trained["path"], judge_path, Path(data_dir), Path(run_dir) / "gan" / "evaluation", cfg.evaluation, history)
+    cnn_hparams = cfg.models.cnn.hparams if cfg.models.cnn.model == "cnn" else None  # GAN-train uses the configured cnn
+    out = ev.evaluate_gan_file(trained["path"], judge_path, Path(data_dir), Path(run_dir) / "gan" / "evaluation", cfg.evaluation, history,
+                               cnn_hparams=cnn_hparams)  # fmt: skip
     store.log_metrics(trained["run_id"], out["metrics"])
     store.log_artifacts(trained["run_id"], [Path(p) for p in out["images"]], "evaluation")
     gan, spec = runner.load_trained(trained["path"])

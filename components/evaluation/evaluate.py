@@ -33,7 +33,8 @@ def evaluate_classifier_file(key: str, model_path: str, data_dir: Path, out_dir:
     return {"row": row, "metrics": ev.flat_metrics(), "images": [str(p) for p in images], "correct_path": str(correct_path)}
 
 
-def evaluate_gan_file(gan_path: str, judge_path: str, data_dir: Path, out_dir: Path, cfg: EvaluationConfig, history: list[dict], seed: int = 0) -> dict[str, Any]:
+def evaluate_gan_file(gan_path: str, judge_path: str, data_dir: Path, out_dir: Path, cfg: EvaluationConfig, history: list[dict],
+                      seed: int = 0, cnn_hparams: dict | None = None) -> dict[str, Any]:  # fmt: skip
     """GAN-test with the judge classifier, GAN-train with a fresh cnn, sample grid, loss curves."""
     gan, spec = load_trained(gan_path)
     judge, _ = load_trained(judge_path)
@@ -42,7 +43,8 @@ def evaluate_gan_file(gan_path: str, judge_path: str, data_dir: Path, out_dir: P
     g_test = gan_test(gan, judge, spec, n=cfg.gan_test_samples, seed=seed)
     g_train = gan_train(gan, spec, splits["test"], n=cfg.gan_train_samples,
                         cfg=TrainConfig(epochs=cfg.gan_train_epochs, augment="shift", patience=10_000, seed=seed),
-                        workdir=out_dir / "gan_train", engine=EngineConfig(progress=False), seed=seed)  # fmt: skip
+                        workdir=out_dir / "gan_train", engine=EngineConfig(progress=False), seed=seed,
+                        cnn_hparams=cnn_hparams)  # fmt: skip
     per_class = 8
     grid = generate(gan, per_class, seed=seed + 7)
     images = [

@@ -45,11 +45,13 @@ def gan_train(
     workdir: Path,
     engine: EngineConfig = EngineConfig(progress=False),
     seed: int = 0,
+    cnn_hparams: dict | None = None,
 ) -> float:
     """Train the cnn recipe on generated images only (fixed epochs, no choices), test on real data."""
     fake = generate(gan, max(1, n // gan.num_classes), seed + 1)
     fake_val = generate(gan, max(1, 200 // gan.num_classes), seed + 2)
-    model = create_model("cnn", num_classes=spec.num_classes, in_channels=spec.in_channels, image_size=spec.image_size)
+    torch.manual_seed(seed)
+    model = create_model("cnn", num_classes=spec.num_classes, in_channels=spec.in_channels, image_size=spec.image_size, **(cnn_hparams or {}))
     fit(model, fake, fake_val, spec, cfg, engine, workdir=workdir, label="gan-train cnn")
     # fixed recipe: use the last epoch's weights, not a checkpoint chosen on anything
     last = torch.load(workdir / "last.pt", map_location="cpu", weights_only=False)

@@ -2,8 +2,8 @@
 
 The recipe that reached GAN-train >= 95 % in calibration (../shared/CALIBRATION.md, recipe B):
 - generator: noise × label embedding → Linear → two stride-2 transposed convs (BN, ReLU) → tanh;
-- discriminator: BN conv net over the image with a label map concatenated as an extra channel, an
-  adversarial head and an auxiliary-classifier head (AC-GAN term);
+- discriminator: BN conv net over the image, an adversarial head conditioned on the class
+  (projection, or a label map as an extra channel) and an auxiliary-classifier head (AC-GAN term);
 - a generator EMA (the one sampled from). Losses live in components/training/gan.py.
 Images are in [-1, 1] inside the GAN; `sample()` returns [0, 1].
 """
@@ -39,36 +39,58 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int, image_size: tuple[int, int], ndf: int = 64):
+    """BN conv trunk over the image; an adversarial head conditioned on the class and an auxiliary
+    classifier head (AC-GAN) that must recognise the class from the image alone.
+
+    `condition="projection"` (default): adv = w·f + <embed(y), f> (Miyato & Koyama 2018), so the
+    auxiliary head cannot read the label and its gradient teaches G the classes.
+    `condition="label_map"`: the label as an extra input channel (the plain conditional DCGAN).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: tuple[int, int], ndf: int = 64, condition: str = "projection"):
         super().__init__()
-        self.image_size = image_size
-        self.label_map = nn.Embedding(num_classes, image_size[0] * image_size[1])
+        self.image_size, self.condition = image_size, condition
+        extra = 1 if condition == "label_map" else 0
+        if condition == "label_map":
+            self.label_map = nn.Embedding(num_classes, image_size[0] * image_size[1])
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels + 1, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(in_channels + extra, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True),
             nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, True),
             nn.Flatten(),
         )  # fmt: skip
         with torch.no_grad():
-            n = self.net(torch.zeros(2, in_channels + 1, *image_size)).shape[1]
+            n = self.net(torch.zeros(2, in_channels + extra, *image_size)).shape[1]
         self.adv = nn.Linear(n, 1)
         self.aux = nn.Linear(n, num_classes)
+        if condition == "projection":
+            self.project = nn.Embedding(num_classes, n)
+            nn.init.normal_(self.project.weight, std=0.02)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lm = self.label_map(labels).view(-1, 1, *self.image_size)
-        f = self.net(torch.cat([x, lm], dim=1))
-        return self.adv(f).squeeze(1), self.aux(f)
+        if self.condition == "label_map":
+            x = torch.cat([x, self.label_map(labels).view(-1, 1, *self.image_size)], dim=1)
+        f = self.net(x)
+        adv = self.adv(f).squeeze(1)
+        if self.condition == "projection":
+            adv = adv + (self.project(labels) * f).sum(1)
+        return adv, self.aux(f)
 
 
 class ConditionalDCGAN(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int, image_size: tuple[int, int], z_dim: int = 100, ngf: int = 64, ndf: int = 64):
+    def __init__(self, num_classes: int, in_channels: int, image_size: tuple[int, int], z_dim: int = 100, ngf: int = 64, ndf: int = 64,
+                 condition: str = "projection"):  # fmt: skip
         super().__init__()
         self.num_classes, self.z_dim = num_classes, z_dim
         self.generator = Generator(num_classes, in_channels, image_size, z_dim, ngf)
-        self.discriminator = Discriminator(num_classes, in_channels, image_size, ndf)
+        self.discriminator = Discriminator(num_classes, in_channels, image_size, ndf, condition)
         self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
 
     @torch.no_grad()
-    def update_ema(self, decay: float) -> None:
+    def update_ema(self, decay: float, step: int | None = None) -> None:
+        """EMA of the generator; with `step`, the decay warms up ((1+t)/(10+t)) so that the
+        average is not dominated by the random initialisation on short runs."""
+        if step is not None:
+            decay = min(decay, (1 + step) / (10 + step))
         for pe, p in zip(self.generator_ema.parameters(), self.generator.parameters()):
             pe.lerp_(p, 1 - decay)
         for be, b in zip(self.generator_ema.buffers(), self.generator.buffers()):

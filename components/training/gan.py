@@ -28,7 +28,8 @@ class GanFitResult:
     device: str = "cpu"
 
 
-def train_gan_epoch(gan: ConditionalDCGAN, data: ImageTensors, opt_g, opt_d, cfg: GanTrainConfig, device: torch.device, bf16: bool, gen: torch.Generator) -> dict[str, float]:
+def train_gan_epoch(gan: ConditionalDCGAN, data: ImageTensors, opt_g, opt_d, cfg: GanTrainConfig, device: torch.device, bf16: bool,
+                    gen: torch.Generator, step0: int = 0) -> dict[str, float]:  # fmt: skip
     G, D = gan.generator, gan.discriminator
     G.train(), D.train()
     order = torch.randperm(len(data), generator=gen)
@@ -60,13 +61,14 @@ def train_gan_epoch(gan: ConditionalDCGAN, data: ImageTensors, opt_g, opt_d, cfg
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
-        gan.update_ema(cfg.ema_decay)
+        gan.update_ema(cfg.ema_decay, step0 + steps)
         sums["d_loss"] += d_loss.item()
         sums["g_loss"] += g_loss.item()
         sums["d_real"] += torch.sigmoid(adv_r.float()).mean().item()
         sums["d_fake"] += torch.sigmoid(adv_f.float()).mean().item()
         steps += 1
     out = {k: v / max(steps, 1) for k, v in sums.items()}
+    out["steps"] = steps
     out["epoch_seconds"] = time.perf_counter() - start
     out["img_per_s"] = steps * cfg.batch_size / out["epoch_seconds"]
     return out
@@ -104,7 +106,8 @@ def fit_gan(
     elapsed = sum(h["epoch_seconds"] for h in history)
     for epoch in range(start_epoch, cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        stats = train_gan_epoch(gan, train, opt_g, opt_d, cfg, device, bf16, gen)
+        step0 = sum(h.get("steps", 0) for h in history)
+        stats = train_gan_epoch(gan, train, opt_g, opt_d, cfg, device, bf16, gen, step0)
         stats["epoch"] = epoch
         history.append(stats)
         elapsed += stats["epoch_seconds"]

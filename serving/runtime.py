@@ -1,0 +1,220 @@
+"""What the service needs besides BentoML: load a registered model with its preprocessing and
+lineage, decode untrusted uploads safely, and swap models atomically when an alias moves.
+
+The preprocessing is the spec logged with the model (channels, size, mean/std), applied with the
+same conversion function as training (`components.data.datasets.to_array`), never re-declared here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from components.data.datasets import DatasetSpec, to_array
+
+log = logging.getLogger("visionflow.serving")
+IMAGE_FORMATS = {"PNG", "JPEG", "BMP", "MPO"}  # MPO: camera JPEGs
+
+
+class InputError(ValueError):
+    """A request the client must fix (HTTP 4xx); the message says what was wrong."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_uri: str = "models:/visionflow-classifier@champion"
+    generator_uri: str | None = "models:/visionflow-gan@generator"
+    poll_seconds: float = 5.0
+    max_pixels: int = 16_000_000
+    max_bytes: int = 10 * 1024 * 1024
+    max_generate: int = 64
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        gen = os.environ.get("VISIONFLOW_GENERATOR_URI", cls.generator_uri)
+        return cls(
+            model_uri=os.environ.get("VISIONFLOW_MODEL_URI", cls.model_uri),
+            generator_uri=None if gen in ("", "none") else gen,
+            poll_seconds=float(os.environ.get("VISIONFLOW_POLL_SECONDS", cls.poll_seconds)),
+            max_pixels=int(os.environ.get("VISIONFLOW_MAX_PIXELS", cls.max_pixels)),
+            max_bytes=int(os.environ.get("VISIONFLOW_MAX_BYTES", cls.max_bytes)),
+        )
+
+
+def decode_image(data: bytes, max_pixels: int, max_bytes: int) -> Image.Image:
+    """Untrusted bytes → a loaded PIL image, or an InputError that says what was wrong."""
+    if not data:
+        raise InputError("empty image: the 'image' field has no bytes")
+    if len(data) > max_bytes:
+        raise InputError(f"image is {len(data):,} bytes, over the {max_bytes:,}-byte cap", 413)
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Exception:
+        raise InputError("not an image: expected PNG, JPEG or BMP bytes") from None
+    if img.format not in IMAGE_FORMATS:
+        raise InputError(f"unsupported image format {img.format}: send PNG, JPEG or BMP")
+    w, h = img.size
+    if w * h > max_pixels:  # checked from the header, before decoding: decompression bombs
+        raise InputError(f"image is {w}x{h} = {w * h:,} pixels, over the {max_pixels:,}-pixel cap", 413)
+    try:
+        img.load()
+    except Exception as exc:
+        raise InputError(f"truncated or corrupt image: {str(exc).splitlines()[0][:120]}") from None
+    return img
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    spec: DatasetSpec
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def lineage(self) -> dict[str, Any]:
+        return {
+            "model": {"name": self.name, "version": self.version, "run_id": self.run_id},
+            "data_version": self.tags.get("data_version"),
+            "params_hash": self.tags.get("params_hash"),
+            "git_commit": self.tags.get("git_commit"),
+        }
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        s = self.spec
+        x = torch.from_numpy(np.stack([to_array(img, s.in_channels, s.image_size) for img in images])).float().div_(255)
+        mean = torch.tensor(s.mean).view(1, -1, 1, 1)
+        std = torch.tensor(s.std).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    @torch.no_grad()
+    def classify(self, images: list[Image.Image]) -> list[dict[str, Any]]:
+        probs = torch.softmax(self.model(self.preprocess(images)).float(), 1)
+        out = []
+        for p in probs:
+            label = int(p.argmax())
+            out.append({
+                "label": label, "class_name": self.spec.classes[label],
+                "probabilities": {c: round(float(v), 6) for c, v in zip(self.spec.classes, p)},
+                **self.lineage(),
+            })  # fmt: skip
+        return out
+
+
+def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """models:/NAME@ALIAS or models:/NAME/VERSION → (name, alias, version)."""
+    body = uri.removeprefix("models:/")
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return name, alias, None
+    name, _, version = body.partition("/")
+    return name, None, version or None
+
+
+def resolve_version(uri: str) -> tuple[str, str]:
+    """(registered name, version) that `uri` points at now."""
+    from mlflow import MlflowClient
+
+    name, alias, version = _parse_models_uri(uri)
+    c = MlflowClient()
+    if alias:
+        return name, str(c.get_model_version_by_alias(name, alias).version)
+    return name, str(version)
+
+
+def load_registered(uri: str) -> LoadedModel:
+    """Load a registered version with its logged preprocessing spec and lineage tags, warmed up."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    name, version = resolve_version(uri)
+    exact = f"models:/{name}/{version}"
+    mv = MlflowClient().get_model_version(name, version)
+    model = mlflow.pytorch.load_model(exact, map_location="cpu").eval()
+    spec = DatasetSpec.from_json(json.dumps(mlflow.models.get_model_info(exact).metadata["visionflow_spec"]))
+    metrics = {}
+    if mv.run_id:
+        try:
+            metrics = {k: v for k, v in MlflowClient().get_run(mv.run_id).data.metrics.items() if k.startswith("test_") or k in ("gan_test", "gan_train", "val_acc")}
+        except Exception:  # the run may live in another store; lineage tags are on the version anyway
+            metrics = {}
+    loaded = LoadedModel(model, spec, name, version, mv.run_id or "", dict(mv.tags or {}), metrics)
+    with torch.no_grad():  # warm-up: the first request should not pay for lazy init
+        if mv.tags.get("task") == "generation":
+            model(torch.tensor([0, 0]))
+        else:
+            model(torch.zeros(2, spec.in_channels, *spec.image_size))
+    return loaded
+
+
+class ModelSlot:
+    """The current model behind an alias. Requests read `current` once; a poller loads and warms a
+    new version off the request path, then swaps the reference (atomic in CPython)."""
+
+    def __init__(self, uri: str, loader=load_registered):
+        self.uri, self.loader = uri, loader
+        self.current: LoadedModel | None = None
+        self.error: str | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> bool:
+        """Load the alias's version if it changed; True when a swap happened."""
+        with self._lock:
+            try:
+                name, version = resolve_version(self.uri)
+                if self.current is not None and (self.current.name, self.current.version) == (name, version):
+                    return False
+                new = self.loader(self.uri)
+            except Exception as exc:  # keep serving the old model; report on /healthz
+                self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                log.warning("could not load %s: %s", self.uri, self.error)
+                return False
+            old = self.current
+            self.current, self.error = new, None
+            log.info("serving %s v%s (was %s)", new.name, new.version, old.version if old else None)
+            return True
+
+    def poll_forever(self, seconds: float, stop: threading.Event) -> None:
+        while not stop.wait(seconds):
+            self.refresh()
+
+
+def start_poller(slots: list[ModelSlot], seconds: float) -> threading.Event:
+    stop = threading.Event()
+    for slot in slots:
+        threading.Thread(target=slot.poll_forever, args=(seconds, stop), daemon=True, name=f"poll-{slot.uri}").start()
+    return stop
+
+
+def png_grid(images01: torch.Tensor, nrow: int) -> bytes:
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images01, nrow=nrow, padding=2, pad_value=1.0)
+    arr = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def wait_until(predicate, timeout: float, step: float = 0.2) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False

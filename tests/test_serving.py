@@ -1,0 +1,182 @@
+"""Real HTTP against `bentoml serve` in a subprocess on a free port: every endpoint, every bad input,
+lineage matching the registry, and a champion switch under a stream of requests with none lost."""
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from components.data.datasets import DatasetSpec
+from components.models import create_model
+from components.tracking import mlflow_store as store
+from components.workspace import Workspace
+
+SPEC = DatasetSpec(["cat", "dog", "owl"], 3, (20, 24), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+
+
+def _png(size=(24, 20), mode="RGB", seed=0) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0]), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _register(exp: str, key: str, seed: int, lineage: dict) -> str:
+    run = store.start_run(exp, key, lineage)
+    torch.manual_seed(seed)
+    if key == "gan":
+        model = create_model("gan", num_classes=3, in_channels=3, image_size=(20, 24), z_dim=8, ngf=8, ndf=8)
+        uri = store.log_model(run, model, np.array([0, 1]), SPEC.to_json(), extra_metadata={"task": "generation"})
+        return store.register_version(uri, store.GENERATOR_MODEL, {**lineage, "task": "generation", "evaluated": "true"})
+    model = create_model("cnn", num_classes=3, in_channels=3, image_size=(20, 24), widths=[4, 8])
+    uri = store.log_model(run, model, np.zeros((2, 3, 20, 24), np.float32), SPEC.to_json(), extra_metadata={"task": "classification"})
+    store.log_metrics(run, {"test_accuracy": 0.5 + seed / 100})
+    return store.register_version(uri, store.CLASSIFIER_MODEL, {**lineage, "task": "classification", "evaluated": "true",
+                                                                 "data_validated": "true", "test_accuracy": "0.5"})  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving-project")
+    ws = Workspace.at(root, home=root / ".visionflow")
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    uri, exp = store.configure(ws)
+    lineage = {"data_version": "a" * 32, "params_hash": "b" * 16, "git_commit": "c" * 40}
+    v1 = _register(exp, "cnn", 1, lineage)
+    v2 = _register(exp, "cnn", 2, {**lineage, "data_version": "e" * 32})
+    g1 = _register(exp, "gan", 3, lineage)
+    store.set_alias(store.CLASSIFIER_MODEL, store.CHAMPION, v1)
+    store.set_alias(store.GENERATOR_MODEL, store.GENERATOR, g1)
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "VISIONFLOW_POLL_SECONDS": "0.5", "VISIONFLOW_MAX_PIXELS": "1000000"}
+    proc = subprocess.Popen([BENTOML, "serve", "serving.service:Visionflow", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("bentoml serve did not become ready in 120 s")
+        yield {"base": base, "v1": v1, "v2": v2, "g1": g1, "uri": uri}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.mark.slow
+def test_classify_answers_with_lineage(server):
+    r = httpx.post(f"{server['base']}/classify", files={"image": ("x.png", _png())})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["class_name"] in SPEC.classes and body["label"] == SPEC.classes.index(body["class_name"])
+    assert set(body["probabilities"]) == set(SPEC.classes) and abs(sum(body["probabilities"].values()) - 1) < 1e-4
+    assert body["model"]["name"] == store.CLASSIFIER_MODEL and body["data_version"] == "a" * 32
+    assert r.headers["x-model-version"] == f"{store.CLASSIFIER_MODEL}/{body['model']['version']}"
+    # any size, gray or RGB, JPEG or BMP: converted as in training
+    for fmt, mode, size in (("JPEG", "RGB", (200, 90)), ("BMP", "L", (7, 300))):
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(_png(size, mode))).save(buf, format=fmt)
+        assert httpx.post(f"{server['base']}/classify", files={"image": ("x", buf.getvalue())}).status_code == 200
+    batch = httpx.post(f"{server['base']}/classify_batch", files=[("images", ("a.png", _png(seed=1))), ("images", ("b.png", _png(seed=2)))])
+    assert batch.status_code == 200 and len(batch.json()) == 2
+    one = httpx.post(f"{server['base']}/classify_batch", files=[("images", ("a.png", _png(seed=1)))])
+    assert one.status_code == 200 and len(one.json()) == 1
+
+
+@pytest.mark.slow
+def test_health_metadata_and_generate(server):
+    assert httpx.get(f"{server['base']}/healthz").status_code == 200
+    meta = httpx.get(f"{server['base']}/metadata").json()
+    assert meta["classes"] == SPEC.classes and meta["preprocessing"]["image_size"] == [20, 24]
+    assert meta["params_hash"] == "b" * 16 and meta["git_commit"] == "c" * 40 and meta["generator"]["model"]["version"] == server["g1"]
+    r = httpx.post(f"{server['base']}/generate", json={"class_name": "dog", "n": 4})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size[0] > 24
+
+
+BAD = {
+    "non-image bytes": ({"image": ("x.png", b"hello, not an image")}, 400, "not an image"),
+    "empty body": ({"image": ("x.png", b"")}, 400, "empty"),
+    "truncated image": ({"image": ("x.png", _png()[:120])}, 400, "truncated"),
+    "over the pixel cap": ({"image": ("x.png", _png((1200, 1000)))}, 413, "pixel cap"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_a_4xx_that_says_why_and_the_server_keeps_serving(server, case):
+    files, status, words = BAD[case]
+    r = httpx.post(f"{server['base']}/classify", files=files)
+    assert r.status_code == status and words in r.text
+    assert httpx.post(f"{server['base']}/classify", files={"image": ("x.png", _png())}).status_code == 200
+
+
+@pytest.mark.slow
+def test_bad_requests_of_other_kinds(server):
+    base = server["base"]
+    assert httpx.post(f"{base}/classify", json={"image": "x"}).status_code == 400  # wrong content type
+    assert httpx.post(f"{base}/classify").status_code == 400  # no body
+    r = httpx.post(f"{base}/classify_batch", files=[("images", ("a.png", _png())), ("images", ("b.png", b"junk"))])
+    assert r.status_code == 400 and "images[1]" in r.text
+    assert httpx.post(f"{base}/generate", json={"class_name": "zebra", "n": 2}).status_code == 422
+    assert httpx.post(f"{base}/generate", json={"label": 1, "n": 0}).status_code == 422
+    assert httpx.post(f"{base}/generate", json={"label": 9, "n": 1}).status_code == 422
+
+
+@pytest.mark.slow
+def test_champion_switch_under_load_loses_no_request(server):
+    base, seen, failures, stop = server["base"], set(), [], threading.Event()
+
+    def client():
+        with httpx.Client(timeout=10) as c:
+            while not stop.is_set():
+                r = c.post(f"{base}/classify", files={"image": ("x.png", _png())})
+                if r.status_code != 200:
+                    failures.append(r.status_code)
+                else:
+                    seen.add(r.json()["model"]["version"])
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    store.set_alias(store.CLASSIFIER_MODEL, store.CHAMPION, server["v2"])  # `visionflow promote` does this
+    deadline = time.time() + 30
+    while server["v2"] not in seen and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert seen == {server["v1"], server["v2"]}
+    meta = httpx.get(f"{base}/metadata").json()
+    assert meta["model"]["version"] == server["v2"] and meta["data_version"] == "e" * 32
