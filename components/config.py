@@ -169,6 +169,10 @@ class SelectionConfig(_Strict):
     alpha: float = Field(0.05, gt=0, lt=1, description="McNemar significance level")
 
 
+class PackagingConfig(_Strict):
+    enabled: bool = Field(True, description="build a Bento of the champion at the end of a pipeline run")
+
+
 class OrchestrationConfig(_Strict):
     max_workers: int = Field(1, ge=1, description="families trained at once (threads); 1 on a 2-core CPU")
 
@@ -184,6 +188,7 @@ class Config(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     selection: SelectionConfig = SelectionConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    packaging: PackagingConfig = PackagingConfig()
 
     def hash(self) -> str:
         """Stable short hash of the resolved config (lineage tag and cache key)."""

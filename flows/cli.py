@@ -146,9 +146,12 @@ def run(
     cfg, ws = _setup(root, profile, set_)
     from rich.console import Console
 
+    from prefect.task_runners import ThreadPoolTaskRunner
+
     from flows.training_pipeline import training_pipeline
 
-    state = training_pipeline(root=str(ws.root), profile=profile, overrides=set_ or [], source=source, return_state=True)
+    pipeline = training_pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.orchestration.max_workers))
+    state = pipeline(root=str(ws.root), profile=profile, overrides=set_ or [], source=source, return_state=True)
     if state.is_failed():
         try:
             state.result()
@@ -162,6 +165,8 @@ def run(
     out.print(f"champion     : visionflow-classifier v{res.champion}  (models:/visionflow-classifier@champion)")
     if res.generator:
         out.print(f"generator    : visionflow-gan v{res.generator}")
+    if res.bento:
+        out.print(f"bento        : {res.bento}  (serve: `visionflow serve`; Dockerfile in .visionflow/reports/bento/)")
     out.print(f"data version : {res.data_version}")
     out.print(f"report       : {res.report}  (also .visionflow/reports/latest/)")
     if res.data_docs:
@@ -191,6 +196,27 @@ def ui(
            (ws.mlflow_dir / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+@app.command()
+def package(root: RootOpt = Path(".")) -> None:
+    """Import the champion (and generator) into the BentoML store and build a Bento; prints its tag."""
+    cfg, ws = _setup(root, "default", None)
+    from components.packaging.bento import package as build
+    from components.tracking import mlflow_store as store
+
+    store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
+    try:
+        res = build(ws)
+    except LookupError as exc:
+        _fail(str(exc))
+    typer.secho(f"bento        : {res.bento_tag}", fg=typer.colors.GREEN)
+    for role, tag in res.model_tags.items():
+        typer.echo(f"{role:<13}: {tag}")
+    typer.echo(f"bento folder : {res.bento_path}")
+    if res.dockerfile:
+        typer.echo(f"Dockerfile   : {res.dockerfile}  (containerise: bentoml containerize {res.bento_tag}, needs Docker)")
+    typer.echo(f"serve it     : BENTOML_HOME={ws.bentoml_home} bentoml serve {res.bento_tag}")
 
 
 @app.command()

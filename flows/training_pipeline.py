@@ -45,6 +45,7 @@ class PipelineResult:
     tracking_uri: str = ""
     data_docs: str | None = None
     seconds: float = 0.0
+    bento: str | None = None
 
 
 def _input_example(spec: DatasetSpec):
@@ -182,6 +183,14 @@ def _load_registered(uri: str):
     return model.eval(), spec
 
 
+@task(name="package", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)
+def package_task(root: str) -> dict:
+    from components.packaging.bento import package
+
+    res = package(Workspace.at(root))
+    return {"bento_tag": res.bento_tag, "models": res.model_tags, "dockerfile": str(res.dockerfile) if res.dockerfile else None}
+
+
 @flow(name="training_pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def training_pipeline(root: str = ".", profile: str = "default", overrides: list[str] | None = None, source: str | None = None):
     start = time.perf_counter()
@@ -217,6 +226,9 @@ def training_pipeline(root: str = ".", profile: str = "default", overrides: list
             notes.append(f"decision fusion α={trained['decision_fusion']['alpha']:.2f} over {', '.join(cfg.models.decision_fusion.members)} (chosen on validation)")
         report = report_task(rows, images, notes, str(ws.reports_dir / parent), str(ws.reports_dir / "latest"), parent)
         selection = register_task(evals, gan_eval, cfg, str(data_dir), lineage, parent)
+        bento = package_task(str(ws.root)) if cfg.packaging.enabled else None
+        if bento:
+            store.client().set_tag(parent, "bento", bento["bento_tag"])
     except BaseException:
         store.end_run(parent, ok=False)
         raise
@@ -225,7 +237,7 @@ def training_pipeline(root: str = ".", profile: str = "default", overrides: list
     _markdown_artifact(table, selection, uri, parent)
     champion = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION)
     return PipelineResult(parent, data.data_version, report, table, champion, selection["decision"], selection["generator_version"],
-                          rows, uri, data.data_docs, time.perf_counter() - start)  # fmt: skip
+                          rows, uri, data.data_docs, time.perf_counter() - start, bento["bento_tag"] if bento else None)  # fmt: skip
 
 
 def _markdown_artifact(table: str, selection: dict, uri: str, parent: str) -> None:

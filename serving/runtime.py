@@ -45,13 +45,19 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> "Settings":
-        gen = os.environ.get("VISIONFLOW_GENERATOR_URI", cls.generator_uri)
+        """Environment first; inside a Bento, serving/bento_defaults.json names the packaged models."""
+        from pathlib import Path
+
+        defaults_file = Path(__file__).with_name("bento_defaults.json")
+        defaults = json.loads(defaults_file.read_text()) if defaults_file.exists() else {}
+        env = {**defaults, **os.environ}
+        gen = env.get("VISIONFLOW_GENERATOR_URI", cls.generator_uri)
         return cls(
-            model_uri=os.environ.get("VISIONFLOW_MODEL_URI", cls.model_uri),
+            model_uri=env.get("VISIONFLOW_MODEL_URI", cls.model_uri),
             generator_uri=None if gen in ("", "none") else gen,
-            poll_seconds=float(os.environ.get("VISIONFLOW_POLL_SECONDS", cls.poll_seconds)),
-            max_pixels=int(os.environ.get("VISIONFLOW_MAX_PIXELS", cls.max_pixels)),
-            max_bytes=int(os.environ.get("VISIONFLOW_MAX_BYTES", cls.max_bytes)),
+            poll_seconds=float(env.get("VISIONFLOW_POLL_SECONDS", cls.poll_seconds)),
+            max_pixels=int(env.get("VISIONFLOW_MAX_PIXELS", cls.max_pixels)),
+            max_bytes=int(env.get("VISIONFLOW_MAX_BYTES", cls.max_bytes)),
         )
 
 
@@ -127,9 +133,14 @@ def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 
 def resolve_version(uri: str) -> tuple[str, str]:
-    """(registered name, version) that `uri` points at now."""
+    """(registered name, version) that `uri` points at now (`bento:NAME:VERSION` never moves)."""
     from mlflow import MlflowClient
 
+    if uri.startswith("bento:"):
+        import bentoml
+
+        tag = bentoml.models.get(uri.removeprefix("bento:")).tag
+        return tag.name, str(tag.version)
     name, alias, version = _parse_models_uri(uri)
     c = MlflowClient()
     if alias:
@@ -137,11 +148,37 @@ def resolve_version(uri: str) -> tuple[str, str]:
     return name, str(version)
 
 
+def load_bento_model(uri: str) -> LoadedModel:
+    """A model imported into the BentoML store by `visionflow package` (inside a Bento)."""
+    import bentoml
+    import mlflow
+
+    bm = bentoml.models.get(uri.removeprefix("bento:"))
+    path = bm.path_of("mlflow_model")
+    model = mlflow.pytorch.load_model(path, map_location="cpu").eval()
+    meta = mlflow.models.Model.load(path).metadata or {}
+    spec = DatasetSpec.from_json(json.dumps(meta["visionflow_spec"]))
+    labels = dict(bm.info.labels)
+    return _warm(LoadedModel(model, spec, labels.get("registered_model", bm.tag.name), labels.get("registered_version", str(bm.tag.version)),
+                             labels.get("run_id", ""), labels, {}))  # fmt: skip
+
+
+def _warm(loaded: LoadedModel) -> LoadedModel:
+    with torch.no_grad():  # the first request should not pay for lazy init
+        if loaded.tags.get("task") == "generation":
+            loaded.model(torch.tensor([0, 0]))
+        else:
+            loaded.model(torch.zeros(2, loaded.spec.in_channels, *loaded.spec.image_size))
+    return loaded
+
+
 def load_registered(uri: str) -> LoadedModel:
     """Load a registered version with its logged preprocessing spec and lineage tags, warmed up."""
     import mlflow
     from mlflow import MlflowClient
 
+    if uri.startswith("bento:"):
+        return load_bento_model(uri)
     name, version = resolve_version(uri)
     exact = f"models:/{name}/{version}"
     mv = MlflowClient().get_model_version(name, version)
@@ -153,13 +190,7 @@ def load_registered(uri: str) -> LoadedModel:
             metrics = {k: v for k, v in MlflowClient().get_run(mv.run_id).data.metrics.items() if k.startswith("test_") or k in ("gan_test", "gan_train", "val_acc")}
         except Exception:  # the run may live in another store; lineage tags are on the version anyway
             metrics = {}
-    loaded = LoadedModel(model, spec, name, version, mv.run_id or "", dict(mv.tags or {}), metrics)
-    with torch.no_grad():  # warm-up: the first request should not pay for lazy init
-        if mv.tags.get("task") == "generation":
-            model(torch.tensor([0, 0]))
-        else:
-            model(torch.zeros(2, spec.in_channels, *spec.image_size))
-    return loaded
+    return _warm(LoadedModel(model, spec, name, version, mv.run_id or "", dict(mv.tags or {}), metrics))
 
 
 class ModelSlot:

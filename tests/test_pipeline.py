@@ -22,6 +22,8 @@ def test_pipeline_end_to_end_gate_and_failures(project, tmp_path, tracking_env):
     res = training_pipeline(root=str(project), profile="quick", source=str(src))
     assert isinstance(res, PipelineResult)
     assert res.champion == "1" and res.generator == "1" and "no current champion" in res.decision
+    assert res.bento and res.bento.startswith("visionflow:")
+    assert (project / ".visionflow" / "reports" / "bento" / "Dockerfile").exists()
 
     # the report: one row per model, the stable `latest` path, the required columns
     with open(project / ".visionflow" / "reports" / "latest" / "report.csv") as fh:

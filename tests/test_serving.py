@@ -3,7 +3,6 @@ lineage matching the registry, and a champion switch under a stream of requests 
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from components.data.datasets import DatasetSpec
 from components.models import create_model
 from components.tracking import mlflow_store as store
 from components.workspace import Workspace
+from tests.conftest import free_port, wait_http_ok
 
 SPEC = DatasetSpec(["cat", "dog", "owl"], 3, (20, 24), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
 BENTOML = str(Path(sys.executable).parent / "bentoml")
@@ -47,12 +47,6 @@ def _register(exp: str, key: str, seed: int, lineage: dict) -> str:
                                                                  "data_validated": "true", "test_accuracy": "0.5"})  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving-project")
@@ -65,23 +59,15 @@ def server(tmp_path_factory):
     g1 = _register(exp, "gan", 3, lineage)
     store.set_alias(store.CLASSIFIER_MODEL, store.CHAMPION, v1)
     store.set_alias(store.GENERATOR_MODEL, store.GENERATOR, g1)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "VISIONFLOW_POLL_SECONDS": "0.5", "VISIONFLOW_MAX_PIXELS": "1000000"}
     proc = subprocess.Popen([BENTOML, "serve", "serving.service:Visionflow", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
+        if not wait_http_ok(f"{base}/readyz"):
             pytest.fail("bentoml serve did not become ready in 120 s")
-        yield {"base": base, "v1": v1, "v2": v2, "g1": g1, "uri": uri}
+        yield {"base": base, "v1": v1, "v2": v2, "g1": g1, "uri": uri, "root": root, "ws": ws}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -180,3 +166,30 @@ def test_champion_switch_under_load_loses_no_request(server):
     assert seen == {server["v1"], server["v2"]}
     meta = httpx.get(f"{base}/metadata").json()
     assert meta["model"]["version"] == server["v2"] and meta["data_version"] == "e" * 32
+
+
+@pytest.mark.slow
+def test_package_builds_a_bento_that_serves_without_the_registry(server, tmp_path):
+    from components.packaging.bento import package
+
+    os.environ["MLFLOW_TRACKING_URI"] = server["uri"]
+    champion = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION)
+    res = package(server["ws"])
+    assert res.bento_tag.startswith("visionflow:") and set(res.model_tags) == {"classifier", "generator"}
+    assert res.dockerfile is not None and "FROM" in res.dockerfile.read_text()
+    import bentoml
+
+    labels = bentoml.models.get(res.model_tags["classifier"]).info.labels
+    assert labels["registered_version"] == champion and labels["data_version"]
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}"}  # no registry in reach
+    proc = subprocess.Popen([BENTOML, "serve", res.bento_tag, "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert wait_http_ok(f"{base}/readyz"), "the Bento did not become ready in 120 s"
+        r = httpx.post(f"{base}/classify", files={"image": ("x.png", _png())})
+        assert r.status_code == 200 and r.json()["model"]["version"] == champion
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -2,12 +2,9 @@
 model logged, registered, aliased and loaded back by `models:/NAME@champion`."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 import torch
 
@@ -15,6 +12,7 @@ from components.data.datasets import DatasetSpec
 from components.models import create_model
 from components.tracking import mlflow_store as store
 from components.workspace import Workspace
+from tests.conftest import free_port, wait_http_ok
 
 SPEC = DatasetSpec(["a", "b", "c"], 1, (12, 12), [0.2], [0.3])
 
@@ -77,15 +75,9 @@ def test_sqlite_store_runs_registry_aliases_and_promotion(tmp_path, tracking_env
     assert mv.tags["promotion"] == "manual" and mv.tags["promoted_by"] and mv.tags["registered_from"] == f"visionflow-cnn/{fam}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_against_a_real_mlflow_server(tmp_path, tracking_env):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     server = subprocess.Popen(
@@ -94,14 +86,7 @@ def test_against_a_real_mlflow_server(tmp_path, tracking_env):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
+        if not wait_http_ok(f"http://127.0.0.1:{port}/health", 90):
             pytest.fail("mlflow server did not become healthy in 90 s")
         ws = Workspace.at(tmp_path / "client", home=tmp_path / "client" / ".visionflow")
         _exercise_store(ws, f"http://127.0.0.1:{port}")

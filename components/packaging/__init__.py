@@ -1,0 +1,1 @@
+"""Component delivery: the champion (and generator) into the BentoML model store, then a Bento."""
