@@ -140,9 +140,10 @@ def run(
     profile: ProfileOpt = "default",
     set_: SetOpt = None,
     source: Annotated[Optional[str], typer.Option("--source", help="image folder instead of params.yaml data.source")] = None,
+    force: Annotated[bool, typer.Option("--force", help="retrain even when data and config are unchanged")] = False,
     root: RootOpt = Path("."),
 ) -> None:
-    """The main job (`make run`): data → train every family → evaluate → MLflow → champion."""
+    """The main job (`make run`): data → train every family → evaluate → MLflow → champion → Bento."""
     cfg, ws = _setup(root, profile, set_)
     from rich.console import Console
 
@@ -151,7 +152,7 @@ def run(
     from flows.training_pipeline import training_pipeline
 
     pipeline = training_pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.orchestration.max_workers))
-    state = pipeline(root=str(ws.root), profile=profile, overrides=set_ or [], source=source, return_state=True)
+    state = pipeline(root=str(ws.root), profile=profile, overrides=set_ or [], source=source, force=force, return_state=True)
     if state.is_failed():
         try:
             state.result()
@@ -161,6 +162,8 @@ def run(
     res = state.result()
     out = Console(soft_wrap=True)
     out.print(res.table)
+    if res.cached:
+        out.print(f"\ncached       : {', '.join(res.cached)} (unchanged data + config: training skipped; --force retrains)")
     out.print(f"\nselection    : {res.decision}")
     out.print(f"champion     : visionflow-classifier v{res.champion}  (models:/visionflow-classifier@champion)")
     if res.generator:

@@ -8,6 +8,7 @@ FAILED and leaves the registry and its aliases as they were.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class PipelineResult:
     data_docs: str | None = None
     seconds: float = 0.0
     bento: str | None = None
+    cached: list[str] = field(default_factory=list)
 
 
 def _input_example(spec: DatasetSpec):
@@ -55,32 +57,65 @@ def _input_example(spec: DatasetSpec):
     return np.zeros((2, spec.in_channels, *spec.image_size), dtype=np.float32)
 
 
-@task(name="train-classifier", cache_policy=NO_CACHE)
-def train_classifier_task(key: str, cfg: Config, data_dir: str, run_dir: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
+def family_cache_key(key: str, fam, cfg: Config, data_version: str) -> str:
+    """data version + the family's resolved config (+ engine): the same key → the same model."""
+    blob = json.dumps({"family": fam.model_dump(mode="json"), "engine": cfg.engine.model_dump(mode="json", exclude={"progress"})}, sort_keys=True)
+    return f"{key}-{data_version[:12]}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def _by_cache_key(_context, parameters: dict) -> str:
+    return parameters["cache_key"]
+
+
+def _must_retrain(force: bool, models_dir: str, cache_key: str) -> bool:
+    # A cached result names files under models_dir: if they are gone, refresh the cache entry.
+    return force or not any((Path(models_dir) / cache_key).glob("*/model.pt"))
+
+
+def _family_params(fam) -> dict[str, str]:
+    return store.flatten({"model": fam.model, "hparams": fam.hparams, "train": fam.train.model_dump()})
+
+
+@task(name="train-classifier", cache_key_fn=_by_cache_key, persist_result=True)
+def train_classifier_task(key: str, cfg: Config, data_dir: str, models_dir: str, cache_key: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
     fam = cfg.models.classifiers()[key]
-    run_id = store.start_run(exp_id, key, {**lineage, "family": family_of(fam.model), "model": fam.model},
-                             store.flatten({"model": fam.model, "hparams": fam.hparams, "train": fam.train.model_dump()}), parent_id)  # fmt: skip
+    run_id = store.start_run(exp_id, key, {**lineage, "family": family_of(fam.model), "model": fam.model, "cache_key": cache_key}, _family_params(fam), parent_id)
     import mlflow
 
     with mlflow.start_run(run_id=run_id, log_system_metrics=True):
-        result = runner.train_classifier(key, fam, cfg.engine, Path(data_dir), Path(run_dir), on_epoch_end=store.EpochLogger(run_id))
+        result = runner.train_classifier(key, fam, cfg.engine, Path(data_dir), Path(models_dir) / cache_key, on_epoch_end=store.EpochLogger(run_id))
     store.log_metrics(run_id, {"val_acc": result["val_acc"], "best_epoch": result["best_epoch"], "train_seconds": result["train_seconds"], "train_img_per_s": result["img_per_s"]})
     get_run_logger().info("%s: val acc %.4f after %d epochs (%.0fs)", key, result["val_acc"], result["epochs_run"], result["train_seconds"])
-    return {**{k: v for k, v in result.items() if k != "history"}, "run_id": run_id}
+    return {**{k: v for k, v in result.items() if k != "history"}, "run_id": run_id, "parent_id": parent_id, "cache_key": cache_key}
 
 
-@task(name="train-gan", cache_policy=NO_CACHE)
-def train_gan_task(cfg: Config, data_dir: str, run_dir: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
+@task(name="train-gan", cache_key_fn=_by_cache_key, persist_result=True)
+def train_gan_task(cfg: Config, data_dir: str, models_dir: str, cache_key: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
     fam = cfg.models.gan
-    run_id = store.start_run(exp_id, "gan", {**lineage, "family": "gan", "model": fam.model},
-                             store.flatten({"model": fam.model, "hparams": fam.hparams, "train": fam.train.model_dump()}), parent_id)  # fmt: skip
+    run_id = store.start_run(exp_id, "gan", {**lineage, "family": "gan", "model": fam.model, "cache_key": cache_key}, _family_params(fam), parent_id)
     import mlflow
 
+    out = Path(models_dir) / cache_key
     with mlflow.start_run(run_id=run_id, log_system_metrics=True):
-        result = runner.train_gan(fam, cfg.engine, Path(data_dir), Path(run_dir), on_epoch_end=store.EpochLogger(run_id))
-    history_path = Path(run_dir) / "gan" / "history.json"
+        result = runner.train_gan(fam, cfg.engine, Path(data_dir), out, on_epoch_end=store.EpochLogger(run_id))
+    history_path = out / "gan" / "history.json"
     history_path.write_text(json.dumps(result["history"]))
-    return {**{k: v for k, v in result.items() if k != "history"}, "run_id": run_id, "history_path": str(history_path)}
+    return {**{k: v for k, v in result.items() if k != "history"}, "run_id": run_id, "history_path": str(history_path),
+            "parent_id": parent_id, "cache_key": cache_key}  # fmt: skip
+
+
+@task(name="adopt-cached", cache_policy=NO_CACHE)
+def adopt_cached_task(trained: dict, cfg: Config, exp_id: str, parent_id: str, lineage: dict) -> dict:
+    """A family served from the cache gets a nested run in this pipeline run that points at the run
+    that trained it (tag `cached_from`), so this run's report and registry entries stay complete."""
+    key = trained["key"]
+    fam = cfg.models.gan if key == "gan" else cfg.models.classifiers()[key]
+    run_id = store.start_run(exp_id, key, {**lineage, "family": trained["family"], "model": fam.model, "cache_key": trained["cache_key"],
+                                           "cached_from": trained["run_id"]}, _family_params(fam), parent_id)  # fmt: skip
+    if "val_acc" in trained:
+        store.log_metrics(run_id, {"val_acc": trained["val_acc"], "best_epoch": trained["best_epoch"], "train_seconds": 0.0})
+    get_run_logger().info("%s: cached (cache key %s, trained in run %s): training skipped; --force retrains", key, trained["cache_key"], trained["run_id"])
+    return {**trained, "run_id": run_id, "parent_id": parent_id, "cached": True}
 
 
 @task(name="decision-fusion", cache_policy=NO_CACHE)
@@ -192,7 +227,8 @@ def package_task(root: str) -> dict:
 
 
 @flow(name="training_pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))
-def training_pipeline(root: str = ".", profile: str = "default", overrides: list[str] | None = None, source: str | None = None):
+def training_pipeline(root: str = ".", profile: str = "default", overrides: list[str] | None = None, source: str | None = None,
+                      force: bool = False):  # fmt: skip
     start = time.perf_counter()
     ws = Workspace.at(root)
     cfg = load_config(ws.root / "params.yaml", profile, overrides or [])
@@ -208,16 +244,29 @@ def training_pipeline(root: str = ".", profile: str = "default", overrides: list
     try:
         store.log_dataset(parent, data_dir / "manifest.csv", data.data_version, data_dir)
         args = (str(data_dir), str(run_dir), exp_id, parent, lineage)
-        futures = {k: train_classifier_task.with_options(task_run_name=f"train-{k}").submit(k, cfg, *args) for k in cfg.models.classifiers()}
-        gan_future = train_gan_task.submit(cfg, *args) if cfg.models.gan.enabled else None
-        trained = {k: f.result() for k, f in futures.items()}
+        models_dir = str(ws.home / "models")
+        run_args = (exp_id, parent, lineage)
+        keys = {k: family_cache_key(k, fam, cfg, data.data_version) for k, fam in cfg.models.classifiers().items()}
+        futures = {
+            k: train_classifier_task.with_options(task_run_name=f"train-{k}", refresh_cache=_must_retrain(force, models_dir, ck))
+            .submit(k, cfg, str(data_dir), models_dir, ck, *run_args)
+            for k, ck in keys.items()
+        }  # fmt: skip
+        gan_key = family_cache_key("gan", cfg.models.gan, cfg, data.data_version)
+        gan_future = (
+            train_gan_task.with_options(refresh_cache=_must_retrain(force, models_dir, gan_key))
+            .submit(cfg, str(data_dir), models_dir, gan_key, *run_args)
+            if cfg.models.gan.enabled else None
+        )  # fmt: skip
+        trained = {k: _adopt(f.result(), cfg, *run_args) for k, f in futures.items()}
+        gan_trained = _adopt(gan_future.result(), cfg, *run_args) if gan_future is not None else None
         if cfg.models.decision_fusion.enabled and all(m in trained for m in cfg.models.decision_fusion.members):
             trained["decision_fusion"] = fuse_task(cfg, {k: v["path"] for k, v in trained.items()}, *args)
         evals = [evaluate_task.with_options(task_run_name=f"evaluate-{k}")(t, cfg, str(data_dir), str(run_dir)) for k, t in trained.items()]
         gan_eval = None
-        if gan_future is not None:
+        if gan_trained is not None:
             judge = trained.get("cnn") or max(trained.values(), key=lambda t: t["val_acc"])
-            gan_eval = evaluate_gan_task(gan_future.result(), judge["path"], cfg, str(data_dir), str(run_dir))
+            gan_eval = evaluate_gan_task(gan_trained, judge["path"], cfg, str(data_dir), str(run_dir))
         rows = [e["row"] for e in evals] + ([gan_eval["row"]] if gan_eval else [])
         images = {e["key"]: e["images"] for e in evals + ([gan_eval] if gan_eval else [])}
         notes = [f"data version {data.data_version}; params hash {lineage['params_hash']}; MLflow parent run {parent}",
@@ -236,8 +285,16 @@ def training_pipeline(root: str = ".", profile: str = "default", overrides: list
     table = markdown_table(rows)
     _markdown_artifact(table, selection, uri, parent)
     champion = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION)
+    cached = sorted(k for k, t in {**trained, **({"gan": gan_trained} if gan_trained else {})}.items() if t.get("cached"))
     return PipelineResult(parent, data.data_version, report, table, champion, selection["decision"], selection["generator_version"],
-                          rows, uri, data.data_docs, time.perf_counter() - start, bento["bento_tag"] if bento else None)  # fmt: skip
+                          rows, uri, data.data_docs, time.perf_counter() - start, bento["bento_tag"] if bento else None, cached)  # fmt: skip
+
+
+def _adopt(trained: dict, cfg: Config, exp_id: str, parent: str, lineage: dict) -> dict:
+    """A result from an earlier pipeline run (a cache hit) gets a nested run in this one."""
+    if trained.get("parent_id") == parent:
+        return {**trained, "cached": False}
+    return adopt_cached_task(trained, cfg, exp_id, parent, lineage)
 
 
 def _markdown_artifact(table: str, selection: dict, uri: str, parent: str) -> None:

@@ -45,8 +45,13 @@ def test_pipeline_end_to_end_gate_and_failures(project, tmp_path, tracking_env):
     fused = next(r for r in children if r.info.run_name == "decision_fusion")
     assert 0.0 <= fused.data.metrics["alpha"] <= 1.0
 
-    # the same data and config again: not significantly better → challenger; champion stays
+    # the same data and config again: every family comes from the cache (training skipped, said so);
+    # the same model is not significantly better → challenger; champion stays
     res2 = training_pipeline(root=str(project), profile="quick", source=str(src))
+    assert res2.cached == ["cnn", "cnn_lstm", "gan", "rnn"]
+    runs2 = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{res2.parent_run_id}'")
+    cnn2 = next(r for r in runs2 if r.info.run_name == "cnn")
+    assert cnn2.data.tags["cached_from"] == cnn_run.info.run_id and "test_accuracy" in cnn2.data.metrics
     assert res2.champion == "1"
     assert store.alias_version(store.CLASSIFIER_MODEL, store.CHALLENGER) == "2"
     assert "not" in res2.decision
@@ -63,6 +68,9 @@ def test_pipeline_end_to_end_gate_and_failures(project, tmp_path, tracking_env):
     after = {n: _versions(n) for n in before}
     assert after == before
     assert store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION) == "1"
-    assert store.alias_version(store.CLASSIFIER_MODEL, store.CHALLENGER) == "2"
     failed = c.search_runs([parent.info.experiment_id], "attributes.status = 'FAILED'")
     assert any(r.data.tags.get("mlflow.parentRunId") is None for r in failed)
+
+    # --force retrains even with unchanged data and config
+    res3 = training_pipeline(root=str(project), profile="quick", source=str(src), force=True)
+    assert res3.cached == [] and res3.champion == "1"
