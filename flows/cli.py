@@ -202,6 +202,35 @@ def ui(
 
 
 @app.command()
+def schedule(
+    cron: Annotated[str, typer.Option("--cron", help='cron schedule, e.g. "0 3 * * 1" (Mondays 03:00)')],
+    profile: ProfileOpt = "default",
+    set_: SetOpt = None,
+    source: Annotated[Optional[str], typer.Option("--source", help="image folder to retrain on (default: params.yaml data.source)")] = None,
+    name: Annotated[str, typer.Option(help="deployment name")] = "visionflow-retrain",
+    root: RootOpt = Path("."),
+) -> None:
+    """Register a scheduled retraining deployment on a Prefect server and run its worker (blocks)."""
+    import os
+
+    cfg, ws = _setup(root, profile, set_)
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("PREFECT_API_URL is not set: start a server (`prefect server start --host 127.0.0.1 --port 4200`) "
+              "and export PREFECT_API_URL=http://127.0.0.1:4200/api")  # fmt: skip
+    from prefect.schedules import Cron
+
+    from flows.training_pipeline import training_pipeline
+
+    try:
+        schedule_ = Cron(cron)
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"--cron {cron!r} is not a valid cron expression: {exc}", 2)
+    params = {"root": str(ws.root), "profile": profile, "overrides": set_ or [], "source": source}
+    typer.echo(f"deployment training_pipeline/{name}: cron '{cron}', profile {profile}; serving runs until Ctrl-C")
+    training_pipeline.serve(name=name, schedules=[schedule_], parameters=params, print_starting_message=True)
+
+
+@app.command()
 def package(root: RootOpt = Path(".")) -> None:
     """Import the champion (and generator) into the BentoML store and build a Bento; prints its tag."""
     cfg, ws = _setup(root, "default", None)

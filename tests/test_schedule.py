@@ -1,0 +1,71 @@
+"""Scheduled retraining against a real `prefect server start` on 127.0.0.1: the deployment exists
+with its cron schedule, a triggered run is executed by the served runner and completes, and its
+MLflow run appears in the project's store."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, free_port, make_folder, wait_http_ok
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.slow
+def test_schedule_registers_a_cron_deployment_and_runs_it(project, tmp_path, tracking_env):
+    shutil.copy(REPO_ROOT / "params.yaml", project / "params.yaml")
+    src = make_folder(tmp_path / "src", classes=("cat", "dog"), per_class=12, size=(16, 16))
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-server-home"), "PREFECT_API_URL": api}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    runner = None
+    try:
+        assert wait_http_ok(f"{api}/health", 120), "prefect server did not start"
+        runner = subprocess.Popen([str(BIN / "visionflow"), "schedule", "--cron", "0 3 * * 1", "--profile", "quick", "--source", str(src),
+                                   "--set", "packaging.enabled=false"], cwd=project, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        from prefect.client.orchestration import get_client
+
+        os.environ["PREFECT_API_URL"] = api
+        try:
+            with get_client(sync_client=True) as client:
+                deadline = time.time() + 120
+                deployment = None
+                while deployment is None and time.time() < deadline:
+                    try:
+                        deployment = client.read_deployment_by_name("training_pipeline/visionflow-retrain")
+                    except Exception:
+                        time.sleep(1)
+                assert deployment is not None, "the deployment was not registered"
+                assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * 1"]
+                run = client.create_flow_run_from_deployment(deployment.id)
+                deadline = time.time() + 300
+                while time.time() < deadline:
+                    state = client.read_flow_run(run.id).state
+                    if state is not None and state.is_final():
+                        break
+                    time.sleep(2)
+                assert state is not None and state.is_completed(), f"triggered run ended as {state}"
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{project / '.visionflow' / 'mlflow' / 'mlflow.db'}")
+        runs = mlflow.search_runs(experiment_names=["visionflow"], filter_string="attributes.status = 'FINISHED'")
+        assert any(name.startswith("pipeline-quick") for name in runs["tags.mlflow.runName"])
+    finally:
+        for proc in (runner, server):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
