@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT, free_port, make_folder, wait_http_ok
@@ -32,30 +33,25 @@ def test_schedule_registers_a_cron_deployment_and_runs_it(project, tmp_path, tra
         runner = subprocess.Popen([str(BIN / "visionflow"), "schedule", "--cron", "0 3 * * 1", "--profile", "quick", "--source", str(src),
                                    "--set", "packaging.enabled=false"], cwd=project, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        from prefect.client.orchestration import get_client
-
-        os.environ["PREFECT_API_URL"] = api
-        try:
-            with get_client(sync_client=True) as client:
-                deadline = time.time() + 120
-                deployment = None
-                while deployment is None and time.time() < deadline:
-                    try:
-                        deployment = client.read_deployment_by_name("training_pipeline/visionflow-retrain")
-                    except Exception:
-                        time.sleep(1)
-                assert deployment is not None, "the deployment was not registered"
-                assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * 1"]
-                run = client.create_flow_run_from_deployment(deployment.id)
-                deadline = time.time() + 300
-                while time.time() < deadline:
-                    state = client.read_flow_run(run.id).state
-                    if state is not None and state.is_final():
-                        break
-                    time.sleep(2)
-                assert state is not None and state.is_completed(), f"triggered run ended as {state}"
-        finally:
-            os.environ.pop("PREFECT_API_URL", None)
+        # The REST API directly: this test process's own Prefect client is bound to the ephemeral
+        # server of the other tests.
+        with httpx.Client(base_url=api, timeout=30) as http:
+            deadline = time.time() + 180
+            deployment = None
+            while deployment is None and time.time() < deadline:
+                r = http.get("/deployments/name/training_pipeline/visionflow-retrain")
+                deployment = r.json() if r.status_code == 200 else time.sleep(1)
+            assert deployment is not None, "the deployment was not registered"
+            assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * 1"]
+            run = http.post(f"/deployments/{deployment['id']}/create_flow_run", json={}).json()
+            deadline = time.time() + 300
+            state = None
+            while time.time() < deadline:
+                state = http.get(f"/flow_runs/{run['id']}").json()["state"]
+                if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                    break
+                time.sleep(2)
+            assert state is not None and state["type"] == "COMPLETED", f"triggered run ended as {state}"
         import mlflow
 
         mlflow.set_tracking_uri(f"sqlite:///{project / '.visionflow' / 'mlflow' / 'mlflow.db'}")
