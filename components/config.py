@@ -169,6 +169,13 @@ class SelectionConfig(_Strict):
     alpha: float = Field(0.05, gt=0, lt=1, description="McNemar significance level")
 
 
+class ScheduleConfig(_Strict):
+    cron: str = "0 3 * * 1"
+    deployment: str = "visionflow-retrain"
+    retrain_on: Literal["data_change", "drift"] = "data_change"  # drift: a new data version must also drift
+    drift_threshold: float = Field(0.1, gt=0, description="with retrain_on=drift: the score that triggers retraining")
+
+
 class PackagingConfig(_Strict):
     enabled: bool = Field(True, description="build a Bento of the champion at the end of a pipeline run")
 
@@ -189,6 +196,7 @@ class Config(_Strict):
     selection: SelectionConfig = SelectionConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     packaging: PackagingConfig = PackagingConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     def hash(self) -> str:
         """Stable short hash of the resolved config (lineage tag and cache key)."""

@@ -203,14 +203,13 @@ def ui(
 
 @app.command()
 def schedule(
-    cron: Annotated[str, typer.Option("--cron", help='cron schedule, e.g. "0 3 * * 1" (Mondays 03:00)')],
+    cron: Annotated[Optional[str], typer.Option("--cron", help='cron schedule, e.g. "0 3 * * 1" (default: params.yaml schedule.cron)')] = None,
     profile: ProfileOpt = "default",
     set_: SetOpt = None,
     source: Annotated[Optional[str], typer.Option("--source", help="image folder to retrain on (default: params.yaml data.source)")] = None,
-    name: Annotated[str, typer.Option(help="deployment name")] = "visionflow-retrain",
     root: RootOpt = Path("."),
 ) -> None:
-    """Register a scheduled retraining deployment on a Prefect server and run its worker (blocks)."""
+    """Register a scheduled retraining deployment (drift check → retrain) on a Prefect server and serve it (blocks)."""
     import os
 
     cfg, ws = _setup(root, profile, set_)
@@ -219,15 +218,40 @@ def schedule(
               "and export PREFECT_API_URL=http://127.0.0.1:4200/api")  # fmt: skip
     from prefect.schedules import Cron
 
-    from flows.training_pipeline import training_pipeline
+    from flows.retrain import retrain_flow
 
+    cron = cron or cfg.schedule.cron
+    name = cfg.schedule.deployment
     try:
         schedule_ = Cron(cron)
     except Exception as exc:  # noqa: BLE001
         _fail(f"--cron {cron!r} is not a valid cron expression: {exc}", 2)
     params = {"root": str(ws.root), "profile": profile, "overrides": set_ or [], "source": source}
-    typer.echo(f"deployment training_pipeline/{name}: cron '{cron}', profile {profile}; serving runs until Ctrl-C")
-    training_pipeline.serve(name=name, schedules=[schedule_], parameters=params, print_starting_message=True)
+    typer.echo(f"deployment retrain_flow/{name}: cron '{cron}', profile {profile}; serving runs until Ctrl-C")
+    retrain_flow.serve(name=name, schedules=[schedule_], parameters=params, print_starting_message=True)
+
+
+@app.command()
+def retrain(
+    profile: ProfileOpt = "default",
+    set_: SetOpt = None,
+    source: Annotated[Optional[str], typer.Option("--source", help="image folder (default: params.yaml data.source)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="retrain even without a data change or drift")] = False,
+    root: RootOpt = Path("."),
+) -> None:
+    """One maintenance pass now: ingest, drift check against the champion, retrain if needed."""
+    cfg, ws = _setup(root, profile, set_)
+    from flows.retrain import retrain_flow
+
+    state = retrain_flow(root=str(ws.root), profile=profile, overrides=set_ or [], source=source, force=force, return_state=True)
+    if state.is_failed():
+        _fail(state.message or "retrain failed")
+    res = state.result()
+    typer.echo(f"retrained    : {'yes' if res['retrained'] else 'no'} ({res['reason']})")
+    for k, v in res["metrics"].items():
+        typer.echo(f"  {k:<24} {v:.4f}")
+    if res["retrained"]:
+        typer.echo(f"selection    : {res['decision']}")
 
 
 @app.command()

@@ -218,6 +218,31 @@ def _load_registered(uri: str):
     return model.eval(), spec
 
 
+@task(name="current-data", cache_policy=NO_CACHE)
+def current_data_task(root: str, data_name: str) -> DataFlowResult:
+    ws = Workspace.at(root)
+    st = versioning.status(ws, data_name)
+    if st.version is None or not st.workspace_matches:
+        raise RuntimeError(f"{data_name}/ does not match {data_name}.dvc ({'; '.join(st.changes[:3])}); run `visionflow ingest`")
+    manifest = (ws.data_dir(data_name) / "manifest.csv").read_text().splitlines()
+    classes = json.loads((ws.data_dir(data_name) / "dataset.json").read_text())["classes"]
+    docs = ws.data_docs_dir / "index.html"
+    return DataFlowResult(st.version, str(ws.data_dir(data_name)), len(manifest) - 1, classes, str(docs) if docs.exists() else None,
+                          f"data version {st.version} (validated by this run's data flow)", 0.0)  # fmt: skip
+
+
+@task(name="data-stats", cache_policy=NO_CACHE)
+def data_stats_task(data_dir: str, parent_id: str) -> dict:
+    """Statistics of the training data, logged on the parent run: the drift check's reference."""
+    from components.data.datasets import load_dataset
+    from components.evaluation.drift import data_stats
+
+    spec, splits = load_dataset(Path(data_dir))
+    stats = data_stats(spec, splits["train"])
+    store.client().log_dict(parent_id, stats, "data_stats.json")
+    return stats
+
+
 @task(name="package", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)
 def package_task(root: str) -> dict:
     from components.packaging.bento import package
@@ -228,14 +253,19 @@ def package_task(root: str) -> dict:
 
 @flow(name="training_pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def training_pipeline(root: str = ".", profile: str = "default", overrides: list[str] | None = None, source: str | None = None,
-                      force: bool = False):  # fmt: skip
+                      force: bool = False, ingest: bool = True, retrain_reason: str | None = None,
+                      drift: dict[str, float] | None = None):  # fmt: skip
+    """`ingest=False`: data/ was just ingested and validated (by retrain_flow); use it as versioned."""
     start = time.perf_counter()
     ws = Workspace.at(root)
     cfg = load_config(ws.root / "params.yaml", profile, overrides or [])
-    state = data_flow(root=str(ws.root), profile=profile, overrides=overrides or [], source=source, return_state=True)
-    if state.is_failed():
-        return Failed(message=state.message)  # bad data: nothing trains, nothing moves
-    data: DataFlowResult = state.result()
+    if ingest:
+        state = data_flow(root=str(ws.root), profile=profile, overrides=overrides or [], source=source, return_state=True)
+        if state.is_failed():
+            return Failed(message=state.message)  # bad data: nothing trains, nothing moves
+        data: DataFlowResult = state.result()
+    else:
+        data = current_data_task(str(ws.root), cfg.data.dir)
     data_dir = ws.data_dir(cfg.data.dir)
     lineage = {"data_version": data.data_version, "params_hash": cfg.hash(), "git_commit": versioning.git_commit(ws.root) or "none", "profile": profile}
     uri, exp_id = store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
@@ -243,6 +273,11 @@ def training_pipeline(root: str = ".", profile: str = "default", overrides: list
     run_dir = ws.home / "runs" / parent
     try:
         store.log_dataset(parent, data_dir / "manifest.csv", data.data_version, data_dir)
+        data_stats_task(str(data_dir), parent)
+        if retrain_reason:
+            store.client().set_tag(parent, "retrain_reason", retrain_reason[:5000])
+        if drift:
+            store.log_metrics(parent, drift)
         args = (str(data_dir), str(run_dir), exp_id, parent, lineage)
         models_dir = str(ws.home / "models")
         run_args = (exp_id, parent, lineage)

@@ -39,7 +39,7 @@ def test_schedule_registers_a_cron_deployment_and_runs_it(project, tmp_path, tra
             deadline = time.time() + 180
             deployment = None
             while deployment is None and time.time() < deadline:
-                r = http.get("/deployments/name/training_pipeline/visionflow-retrain")
+                r = http.get("/deployments/name/retrain_flow/visionflow-retrain")
                 deployment = r.json() if r.status_code == 200 else time.sleep(1)
             assert deployment is not None, "the deployment was not registered"
             assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * 1"]

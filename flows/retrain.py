@@ -1,0 +1,92 @@
+"""`retrain_flow`: the maintenance step. Ingest + validate the data, compare it with what the champion
+was trained on, and run `training_pipeline` only when it is forced, or the data version changed
+(`schedule.retrain_on: data_change`), or it changed AND the drift score exceeds
+`schedule.drift_threshold` (`retrain_on: drift`). Unchanged data never retrains unforced. The decision and its numbers go to the
+Prefect artifact and to the pipeline's MLflow run. Wiring only.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
+
+from components.config import load_config
+from components.data.datasets import DatasetSpec, load_dataset, load_split
+from components.evaluation.drift import data_stats, drift_report
+from components.tracking import mlflow_store as store
+from components.workspace import Workspace
+from flows.data_flow import data_flow
+from flows.training_pipeline import training_pipeline
+
+
+@task(name="drift-check", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)
+def drift_task(root: str, profile: str, overrides: list[str], data_version: str, force: bool) -> dict:
+    ws = Workspace.at(root)
+    cfg = load_config(ws.root / "params.yaml", profile, overrides)
+    store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
+    champion = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION)
+    if champion is None:
+        return {"retrain": True, "reason": "no champion yet", "metrics": {}}
+    c = store.client()
+    mv = c.get_model_version(store.CLASSIFIER_MODEL, champion)
+    old_version = (mv.tags or {}).get("data_version")
+    parent = c.get_run(mv.run_id).data.tags.get("mlflow.parentRunId") if mv.run_id else None
+    data_dir = ws.data_dir(cfg.data.dir)
+    spec, splits = load_dataset(data_dir)
+    new_stats = data_stats(spec, splits["train"])
+    metrics: dict[str, float] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            old_stats = json.loads(Path(c.download_artifacts(parent, "data_stats.json", tmp)).read_text())
+        import mlflow
+
+        uri = f"models:/{store.CLASSIFIER_MODEL}/{champion}"
+        model = mlflow.pytorch.load_model(uri, map_location="cpu").eval()
+        cspec = DatasetSpec.from_json(json.dumps(mlflow.models.get_model_info(uri).metadata["visionflow_spec"]))
+        new_eval = load_split(data_dir, "val", cspec.in_channels, cspec.image_size)
+        report = drift_report(old_stats, new_stats, model, cspec, new_eval)
+        metrics = report.as_metrics()
+    except Exception as exc:  # no reference statistics (an older champion): treat as drifted
+        get_run_logger().warning("no drift reference for champion v%s: %s", champion, exc)
+        report = None
+    threshold = cfg.schedule.drift_threshold
+    if force:
+        return {"retrain": True, "reason": "forced", "metrics": metrics}
+    if data_version == old_version:
+        return {"retrain": False, "reason": f"data unchanged (version {data_version[:12]}, the champion's)", "metrics": metrics}
+    changed = f"data version changed ({(old_version or '?')[:12]} → {data_version[:12]})"
+    if cfg.schedule.retrain_on == "data_change" or report is None:
+        return {"retrain": True, "reason": changed, "metrics": metrics}
+    if report.score > threshold:
+        return {"retrain": True, "reason": f"{changed}; drift score {report.score:.3f} > {threshold:g}", "metrics": metrics}
+    return {"retrain": False, "reason": f"{changed}, but drift score {report.score:.3f} <= {threshold:g}", "metrics": metrics}
+
+
+@flow(name="retrain_flow")
+def retrain_flow(root: str = ".", profile: str = "default", overrides: list[str] | None = None, source: str | None = None, force: bool = False):
+    ws = Workspace.at(root)
+    overrides = overrides or []
+    state = data_flow(root=str(ws.root), profile=profile, overrides=overrides, source=source, return_state=True)
+    if state.is_failed():
+        return Failed(message=state.message)
+    data = state.result()
+    decision = drift_task(str(ws.root), profile, overrides, data.data_version, force)
+    lines = "\n".join(f"| {k} | {v:.4f} |" for k, v in decision["metrics"].items())
+    create_markdown_artifact(
+        key="retrain-decision",
+        markdown=f"## Retrain: {'yes' if decision['retrain'] else 'no'}\n\n{decision['reason']}\n\n| drift metric | value |\n|---|---|\n{lines}\n",
+        description="visionflow drift check and retraining decision",
+    )
+    get_run_logger().info("retrain: %s (%s)", decision["retrain"], decision["reason"])
+    if not decision["retrain"]:
+        return {"retrained": False, "reason": decision["reason"], "metrics": decision["metrics"]}
+    result = training_pipeline(root=str(ws.root), profile=profile, overrides=overrides, ingest=False, force=force,
+                               retrain_reason=decision["reason"], drift=decision["metrics"])  # fmt: skip
+    return {"retrained": True, "reason": decision["reason"], "metrics": decision["metrics"], "parent_run_id": result.parent_run_id,
+            "champion": result.champion, "decision": result.decision}  # fmt: skip
