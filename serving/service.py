@@ -52,6 +52,11 @@ def _read(path: Path, settings: Settings) -> Image.Image:
 @bentoml.service(name="visionflow", workers=1, traffic={"timeout": 30, "max_concurrency": 64})
 class Visionflow:
     def __init__(self) -> None:
+        import torch
+
+        threads = int(os.environ.get("VISIONFLOW_TORCH_THREADS", "1"))
+        if threads > 0:  # small models: fewer intra-op threads leave cores to HTTP handling
+            torch.set_num_threads(threads)
         self.settings = Settings.from_env()
         self.classifier = ModelSlot(self.settings.model_uri)
         self.generator = ModelSlot(self.settings.generator_uri) if self.settings.generator_uri else None
