@@ -204,9 +204,6 @@ class Config(_Strict):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-ProfileName = Literal["quick", "default", "full"]
-
-
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in override.items():

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,12 +239,3 @@ def png_grid(images01: torch.Tensor, nrow: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def wait_until(predicate, timeout: float, step: float = 0.2) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False

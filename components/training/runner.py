@@ -7,7 +7,6 @@ take and return small values (paths, numbers), which is what crosses a Prefect t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +118,3 @@ def split_accuracy(model_path: str | Path, data: ImageTensors) -> float:
     device = select_device("auto")
     model, spec = load_trained(model_path, device)
     return evaluate(model, data, Batcher(spec, device, channels_last=False))["acc"]
-
-
-def summary_json(result: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in result.items() if k != "history"}, sort_keys=True, default=str)
