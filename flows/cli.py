@@ -43,6 +43,17 @@ def _setup(root: Path, profile: str, overrides: list[str] | None):
     return cfg, ws
 
 
+def _result_or_fail(state):
+    """A flow's result; a failed state becomes one line (the validation verdict, or the crash)."""
+    if state.is_failed():
+        try:
+            state.result()
+        except Exception as exc:  # noqa: BLE001 - a crash, not a validation verdict: say what it was
+            _fail(state.message if "validation" in (state.message or "") else f"{type(exc).__name__}: {exc}")
+        _fail(state.message or "the flow failed")
+    return state.result()
+
+
 def _run_data_flow(root: Path, profile: str, overrides: list[str] | None, source: str | None):
     cfg, ws = _setup(root, profile, overrides)
     from flows.data_flow import data_flow
@@ -51,13 +62,7 @@ def _run_data_flow(root: Path, profile: str, overrides: list[str] | None, source
         root=str(ws.root), profile=profile, overrides=overrides or [], source=source,
         progress=sys.stderr.isatty(), return_state=True,
     )  # fmt: skip
-    if state.is_failed():
-        try:
-            state.result()
-        except Exception as exc:  # a crash, not a validation verdict: say what it was
-            msg = state.message if "validation" in (state.message or "") else f"{type(exc).__name__}: {exc}"
-            _fail(msg)
-    return state.result()
+    return _result_or_fail(state)
 
 
 def _print_data_result(result) -> None:
@@ -153,13 +158,7 @@ def run(
 
     pipeline = training_pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.orchestration.max_workers))
     state = pipeline(root=str(ws.root), profile=profile, overrides=set_ or [], source=source, force=force, return_state=True)
-    if state.is_failed():
-        try:
-            state.result()
-        except Exception as exc:  # noqa: BLE001
-            msg = state.message if "validation" in (state.message or "") else f"{type(exc).__name__}: {exc}"
-            _fail(msg)
-    res = state.result()
+    res = _result_or_fail(state)
     out = Console(soft_wrap=True)
     out.print(res.table)
     if res.cached:
@@ -244,9 +243,7 @@ def retrain(
     from flows.retrain import retrain_flow
 
     state = retrain_flow(root=str(ws.root), profile=profile, overrides=set_ or [], source=source, force=force, return_state=True)
-    if state.is_failed():
-        _fail(state.message or "retrain failed")
-    res = state.result()
+    res = _result_or_fail(state)
     typer.echo(f"retrained    : {'yes' if res['retrained'] else 'no'} ({res['reason']})")
     for k, v in res["metrics"].items():
         typer.echo(f"  {k:<24} {v:.4f}")

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from components.config import EngineConfig, EvaluationConfig, TrainConfig
-from components.data.datasets import load_dataset, load_split
+from components.data.datasets import load_split
 from components.evaluation.gan_metrics import gan_test, gan_train, generate
 from components.evaluation.metrics import evaluate_classifier, probabilities
 from components.evaluation.plots import confusion_matrix_png, gan_grid_png, loss_curves_png, saliency_png
@@ -38,10 +38,10 @@ def evaluate_gan_file(gan_path: str, judge_path: str, data_dir: Path, out_dir: P
     """GAN-test with the judge classifier, GAN-train with a fresh cnn, sample grid, loss curves."""
     gan, spec = load_trained(gan_path)
     judge, _ = load_trained(judge_path)
-    _, splits = load_dataset(data_dir, spec.image_size)
+    real_test = load_split(data_dir, "test", spec.in_channels, spec.image_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     g_test = gan_test(gan, judge, spec, n=cfg.gan_test_samples, seed=seed)
-    g_train = gan_train(gan, spec, splits["test"], n=cfg.gan_train_samples,
+    g_train = gan_train(gan, spec, real_test, n=cfg.gan_train_samples,
                         cfg=TrainConfig(epochs=cfg.gan_train_epochs, augment="shift", patience=10_000, seed=seed),
                         workdir=out_dir / "gan_train", engine=EngineConfig(progress=False), seed=seed,
                         cnn_hparams=cnn_hparams)  # fmt: skip

@@ -4,7 +4,6 @@ smoothing and a generator EMA (calibration recipe B). Checkpoints every epoch; `
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 from components.config import EngineConfig, GanTrainConfig
 from components.data.datasets import ImageTensors
 from components.models.gan import ConditionalDCGAN
-from components.training.classifier import EpochCallback, _autocast, _progress
+from components.training.classifier import EpochCallback, _autocast, _progress, _save
 from components.training.device import select_device, use_bf16
 
 
@@ -111,10 +110,8 @@ def fit_gan(
         stats["epoch"] = epoch
         history.append(stats)
         elapsed += stats["epoch_seconds"]
-        tmp = last.with_suffix(".tmp")
-        torch.save({"gan": gan.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                    "rng": torch.get_rng_state(), "epoch": epoch, "history": history}, tmp)  # fmt: skip
-        os.replace(tmp, last)
+        _save({"gan": gan.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+               "rng": torch.get_rng_state(), "epoch": epoch, "history": history}, last)  # fmt: skip
         if on_epoch_end is not None:
             on_epoch_end(epoch, stats)
         progress(epoch, {"train_loss": stats["g_loss"], "val_acc": stats["d_real"], "img_per_s": stats["img_per_s"]})

@@ -31,12 +31,15 @@ def save_trained(model: nn.Module, name: str, hparams: dict[str, Any], spec: Dat
     return path
 
 
-def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, DatasetSpec]:
-    blob = torch.load(path, map_location=device, weights_only=True)
+def _build(blob: dict, device: str | torch.device = "cpu") -> tuple[nn.Module, DatasetSpec]:
     spec = DatasetSpec.from_json(blob["spec"])
     model = create_model(blob["model_name"], num_classes=spec.num_classes, in_channels=spec.in_channels, image_size=spec.image_size, **blob["hparams"])
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval(), spec
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, DatasetSpec]:
+    return _build(torch.load(path, map_location="cpu", weights_only=True), device)
 
 
 def _seeded_model(name: str, spec: DatasetSpec, hparams: dict, seed: int) -> nn.Module:
@@ -97,11 +100,11 @@ def fuse(
     """Decision fusion of two trained classifiers; α chosen on the validation split only."""
     spec, splits = loaded or load_dataset(data_dir)
     device = select_device("auto")
-    (m1, _), (m2, _) = (load_trained(member_paths[k], device) for k in fam.members)
+    blobs = [torch.load(member_paths[k], map_location="cpu", weights_only=True) for k in fam.members]
+    (m1, _), (m2, _) = (_build(b, device) for b in blobs)
     batcher = Batcher(spec, device, channels_last=False)
     p1, p2 = (predict_proba(m, splits["val"], batcher) for m in (m1, m2))
     alpha, val_acc = choose_alpha(p1, p2, splits["val"].y, fam.alpha_steps)
-    blobs = [torch.load(member_paths[k], map_location="cpu", weights_only=True) for k in fam.members]
     hparams = {"members": [b["model_name"] for b in blobs], "alpha": alpha, "member_hparams": {b["model_name"]: b["hparams"] for b in blobs}}
     if blobs[0]["model_name"] == blobs[1]["model_name"] and blobs[0]["hparams"] != blobs[1]["hparams"]:
         raise ValueError("decision_fusion: two members of the same model need the same hparams")
