@@ -80,6 +80,7 @@ class EngineConfig(_Strict):
     channels_last: bool = True
     compile: bool = False  # torch.compile (~18 s cold on this CPU; pays off only on long runs)
     progress: bool = True
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per training process; null = torch's default (Dask workers get 1 each)")
 
 
 class TrainConfig(_Strict):
@@ -181,7 +182,10 @@ class PackagingConfig(_Strict):
 
 
 class OrchestrationConfig(_Strict):
-    max_workers: int = Field(1, ge=1, description="families trained at once (threads); 1 on a 2-core CPU")
+    task_runner: Literal["thread", "dask"] = Field("thread", description="thread: in this process; dask: a Dask cluster (prefect-dask)")
+    max_workers: int = Field(1, ge=1, description="thread runner: families trained at once; 1 on a 2-core CPU")
+    dask_address: str | None = Field(None, description="scheduler of a running Dask cluster; null = start a LocalCluster")
+    dask_workers: int = Field(2, ge=1, description="LocalCluster worker processes (one family each at a time)")
 
 
 class Config(_Strict):
@@ -289,6 +293,7 @@ def load_config(
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(tree, key, value)
+    if overrides:
         origin = f"{origin} + --set"
     try:
         return Config.model_validate(tree)

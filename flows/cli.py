@@ -146,18 +146,25 @@ def run(
     set_: SetOpt = None,
     source: Annotated[Optional[str], typer.Option("--source", help="image folder instead of params.yaml data.source")] = None,
     force: Annotated[bool, typer.Option("--force", help="retrain even when data and config are unchanged")] = False,
+    task_runner: Annotated[Optional[str], typer.Option("--task-runner", help="thread (default) or dask: where the families train")] = None,
+    dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="tcp://host:8786 of a Dask scheduler (implies --task-runner dask); none: a LocalCluster")] = None,
     root: RootOpt = Path("."),
 ) -> None:
     """The main job (`make run`): data → train every family → evaluate → MLflow → champion → Bento."""
-    cfg, ws = _setup(root, profile, set_)
+    overrides = list(set_ or [])
+    if task_runner or dask_address:
+        overrides.append(f"orchestration.task_runner={task_runner or 'dask'}")
+    if dask_address:
+        overrides.append(f"orchestration.dask_address={dask_address}")
+    cfg, ws = _setup(root, profile, overrides)
     from rich.console import Console
 
-    from prefect.task_runners import ThreadPoolTaskRunner
-
+    from flows.runners import shared_prefect_api, task_runner_for
     from flows.training_pipeline import training_pipeline
 
-    pipeline = training_pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.orchestration.max_workers))
-    state = pipeline(root=str(ws.root), profile=profile, overrides=set_ or [], source=source, force=force, return_state=True)
+    pipeline = training_pipeline.with_options(task_runner=task_runner_for(cfg.orchestration))
+    with shared_prefect_api(cfg.orchestration):
+        state = pipeline(root=str(ws.root), profile=profile, overrides=overrides, source=source, force=force, return_state=True)
     res = _result_or_fail(state)
     out = Console(soft_wrap=True)
     out.print(res.table)

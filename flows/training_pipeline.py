@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,14 +74,21 @@ def _must_retrain(force: bool, models_dir: str, cache_key: str) -> bool:
     return force or not any((Path(models_dir) / cache_key).glob("*/model.pt"))
 
 
+def _this_process() -> str:
+    """host:pid that trained a model (a Dask worker, or this process)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _family_params(fam) -> dict[str, str]:
     return store.flatten({"model": fam.model, "hparams": fam.hparams, "train": fam.train.model_dump()})
 
 
 @task(name="train-classifier", cache_key_fn=_by_cache_key, persist_result=True)
-def train_classifier_task(key: str, cfg: Config, data_dir: str, models_dir: str, cache_key: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
+def train_classifier_task(key: str, cfg: Config, data_dir: str, models_dir: str, cache_key: str, tracking_uri: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
+    store.use_tracking_uri(tracking_uri)  # this may run in another process (Dask worker)
     fam = cfg.models.classifiers()[key]
-    run_id = store.start_run(exp_id, key, {**lineage, "family": family_of(fam.model), "model": fam.model, "cache_key": cache_key}, _family_params(fam), parent_id)
+    tags = {**lineage, "family": family_of(fam.model), "model": fam.model, "cache_key": cache_key, "trained_on": _this_process()}
+    run_id = store.start_run(exp_id, key, tags, _family_params(fam), parent_id)
     import mlflow
 
     with mlflow.start_run(run_id=run_id, log_system_metrics=True):
@@ -90,9 +99,11 @@ def train_classifier_task(key: str, cfg: Config, data_dir: str, models_dir: str,
 
 
 @task(name="train-gan", cache_key_fn=_by_cache_key, persist_result=True)
-def train_gan_task(cfg: Config, data_dir: str, models_dir: str, cache_key: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
+def train_gan_task(cfg: Config, data_dir: str, models_dir: str, cache_key: str, tracking_uri: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
+    store.use_tracking_uri(tracking_uri)
     fam = cfg.models.gan
-    run_id = store.start_run(exp_id, "gan", {**lineage, "family": "gan", "model": fam.model, "cache_key": cache_key}, _family_params(fam), parent_id)
+    tags = {**lineage, "family": "gan", "model": fam.model, "cache_key": cache_key, "trained_on": _this_process()}
+    run_id = store.start_run(exp_id, "gan", tags, _family_params(fam), parent_id)
     import mlflow
 
     out = Path(models_dir) / cache_key
@@ -284,13 +295,13 @@ def training_pipeline(root: str = ".", profile: str = "default", overrides: list
         keys = {k: family_cache_key(k, fam, cfg, data.data_version) for k, fam in cfg.models.classifiers().items()}
         futures = {
             k: train_classifier_task.with_options(task_run_name=f"train-{k}", refresh_cache=_must_retrain(force, models_dir, ck))
-            .submit(k, cfg, str(data_dir), models_dir, ck, *run_args)
+            .submit(k, cfg, str(data_dir), models_dir, ck, uri, *run_args)
             for k, ck in keys.items()
         }  # fmt: skip
         gan_key = family_cache_key("gan", cfg.models.gan, cfg, data.data_version)
         gan_future = (
             train_gan_task.with_options(refresh_cache=_must_retrain(force, models_dir, gan_key))
-            .submit(cfg, str(data_dir), models_dir, gan_key, *run_args)
+            .submit(cfg, str(data_dir), models_dir, gan_key, uri, *run_args)
             if cfg.models.gan.enabled else None
         )  # fmt: skip
         trained = {k: _adopt(f.result(), cfg, *run_args) for k, f in futures.items()}

@@ -28,15 +28,22 @@ class BasicBlock(nn.Module):
 
 
 class ConvFeatures(nn.Module):
-    """Stem + residual stages; the first stage keeps full resolution, each later one halves it."""
+    """Stem + residual stages; the first stage keeps full resolution, each later one halves it,
+    by a strided first block (ResNet) or a 2×2 max-pool before it (`downsample="pool"`)."""
 
-    def __init__(self, in_channels: int, widths: tuple[int, ...] = (32, 64, 128), blocks: int = 1):
+    def __init__(self, in_channels: int, widths: tuple[int, ...] = (32, 64, 128), blocks: int = 1, downsample: str = "stride"):
         super().__init__()
+        if downsample not in ("stride", "pool"):
+            raise ValueError(f"cnn: downsample must be 'stride' or 'pool', got {downsample!r}")
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
-        stages, c = [], widths[0]
+        stages: list[nn.Module] = []
+        c = widths[0]
         for i, w in enumerate(widths):
+            if i > 0 and downsample == "pool":
+                stages.append(nn.MaxPool2d(2))
             for j in range(blocks):
-                stages.append(BasicBlock(c, w, stride=2 if (i > 0 and j == 0) else 1))
+                stride = 2 if (i > 0 and j == 0 and downsample == "stride") else 1
+                stages.append(BasicBlock(c, w, stride=stride))
                 c = w
         self.stages = nn.Sequential(*stages)
         self.out_channels = c
@@ -46,9 +53,9 @@ class ConvFeatures(nn.Module):
 
 
 class ResNetSmall(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int, widths=(32, 64, 128), blocks: int = 1, dropout: float = 0.3):
+    def __init__(self, num_classes: int, in_channels: int, widths=(32, 64, 128), blocks: int = 1, dropout: float = 0.3, downsample: str = "stride"):
         super().__init__()
-        self.features = ConvFeatures(in_channels, tuple(widths), blocks)
+        self.features = ConvFeatures(in_channels, tuple(widths), blocks, downsample)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(self.features.out_channels, num_classes))
         self.embedding_dim = self.features.out_channels
 
@@ -60,5 +67,5 @@ class ResNetSmall(nn.Module):
 
 
 @register_model("cnn", family="cnn")
-def cnn(*, num_classes: int, in_channels: int, image_size: tuple[int, int], widths=(32, 64, 128), blocks: int = 1, dropout: float = 0.3) -> nn.Module:
-    return ResNetSmall(num_classes, in_channels, widths, blocks, dropout)
+def cnn(*, num_classes: int, in_channels: int, image_size: tuple[int, int], widths=(32, 64, 128), blocks: int = 1, dropout: float = 0.3, downsample: str = "stride") -> nn.Module:
+    return ResNetSmall(num_classes, in_channels, widths, blocks, dropout, downsample)

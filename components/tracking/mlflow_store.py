@@ -71,6 +71,15 @@ def configure(ws: Workspace, uri: str | None = None, experiment: str = EXPERIMEN
         return uri, c.get_experiment_by_name(experiment).experiment_id
 
 
+def use_tracking_uri(uri: str) -> None:
+    """In a worker process (a Dask worker on another machine, say): log to the flow's store."""
+    import mlflow
+
+    _quiet_mlflow()
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in tree.items():

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from components.config import EngineConfig, TrainConfig
 from components.data.datasets import DatasetSpec, ImageTensors
-from components.training.device import select_device, use_bf16
+from components.training.device import select_device, set_threads, use_bf16
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -171,6 +171,7 @@ def fit(
 ) -> FitResult:
     """Train with early stopping on val accuracy; `workdir` gets last.pt (resume) and best.pt."""
     workdir.mkdir(parents=True, exist_ok=True)
+    set_threads(engine.threads)
     device = select_device(engine.device)
     bf16 = use_bf16(cfg.precision, device)
     torch.manual_seed(cfg.seed)

@@ -46,3 +46,9 @@ def use_bf16(preference: str, device: torch.device) -> bool:
     if device.type == "cpu":
         return cpu_has_fast_bf16()
     return False
+
+
+def set_threads(threads: int | None) -> None:
+    """Pin torch's CPU threads for this process (`engine.threads`); None keeps torch's default."""
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -15,7 +15,7 @@ from components.config import EngineConfig, GanTrainConfig
 from components.data.datasets import ImageTensors
 from components.models.gan import ConditionalDCGAN
 from components.training.classifier import EpochCallback, _autocast, _progress, _save
-from components.training.device import select_device, use_bf16
+from components.training.device import select_device, set_threads, use_bf16
 
 
 @dataclass
@@ -85,6 +85,7 @@ def fit_gan(
     label: str = "gan",
 ) -> GanFitResult:
     workdir.mkdir(parents=True, exist_ok=True)
+    set_threads(engine.threads)
     device = select_device(engine.device)
     bf16 = use_bf16(cfg.precision, device)
     torch.manual_seed(cfg.seed)

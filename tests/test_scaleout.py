@@ -1,0 +1,173 @@
+"""Scale-out: the family trainings on a Dask LocalCluster of 2 worker processes (prefect-dask), the
+same results as the sequential run, and concurrent families logging to a real MLflow server backed
+by PostgreSQL (Debian's `postgresql`, started on 127.0.0.1 here)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from components.config import load_config
+from components.tracking import mlflow_store as store
+from flows.runners import shared_prefect_api, task_runner_for
+from flows.training_pipeline import training_pipeline
+from tests.conftest import REPO_ROOT, free_port, make_folder, wait_http_ok
+
+# two classifier families, two epochs each, one torch thread in every process (Dask workers run one)
+FAMILIES = [
+    "models.cnn_lstm.enabled=false", "models.gan.enabled=false", "models.decision_fusion.enabled=false",
+    "packaging.enabled=false", "engine.threads=1",
+    "models.cnn.train.epochs=2", "models.rnn.train.epochs=2",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """engine.threads=1 pins this process's torch threads too (the sequential run): put them back."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _run(project: Path, source: Path, extra: list[str], force: bool = False):
+    shutil.copy(REPO_ROOT / "params.yaml", project / "params.yaml")
+    overrides = FAMILIES + extra
+    cfg = load_config(project / "params.yaml", "quick", overrides)
+    pipeline = training_pipeline.with_options(task_runner=task_runner_for(cfg.orchestration))
+    with shared_prefect_api(cfg.orchestration):
+        return pipeline(root=str(project), profile="quick", overrides=overrides, source=str(source), force=force)
+
+
+def _family_runs(res) -> dict:
+    c = store.client()
+    exp = c.get_run(res.parent_run_id).info.experiment_id
+    runs = c.search_runs([exp], f"tags.mlflow.parentRunId = '{res.parent_run_id}'")
+    return {r.info.run_name: r for r in runs if r.info.run_name in ("cnn", "rnn")}
+
+
+def _losses(run) -> list[float]:
+    return [m.value for m in sorted(store.client().get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)]
+
+
+def _overlap(a, b) -> bool:
+    return a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_trains_concurrently_with_sequential_results(project, tmp_path, tracking_env):
+    src = make_folder(tmp_path / "src", classes=("cat", "dog", "owl"), per_class=20, size=(20, 24))
+    seq = _run(project, src, [])
+    seq_runs = _family_runs(seq)
+    dsk = _run(project, src, ["orchestration.task_runner=dask", "orchestration.dask_workers=2"], force=True)
+    dsk_runs = _family_runs(dsk)
+    assert set(seq_runs) == set(dsk_runs) == {"cnn", "rnn"} and dsk.cached == []
+
+    # two worker processes, neither of them this one, training at the same time
+    where = {k: r.data.tags["trained_on"] for k, r in dsk_runs.items()}
+    pids = {w.rsplit(":", 1)[1] for w in where.values()}
+    assert len(pids) == 2 and str(os.getpid()) not in pids, where
+    assert all(r.data.tags["trained_on"].endswith(f":{os.getpid()}") for r in seq_runs.values())
+    assert _overlap(dsk_runs["cnn"], dsk_runs["rnn"])
+
+    # the same seeds give the same models: identical per-epoch losses and metrics, bit for bit
+    for k in ("cnn", "rnn"):
+        assert _losses(dsk_runs[k]) == _losses(seq_runs[k]) and len(_losses(seq_runs[k])) == 2
+        for m in ("val_acc", "test_accuracy"):
+            assert dsk_runs[k].data.metrics[m] == seq_runs[k].data.metrics[m], (k, m)
+    assert dsk.champion == seq.champion == "1"
+
+
+# --- PostgreSQL-backed MLflow server ---------------------------------------------------------------
+
+
+def _pg_bin() -> Path | None:
+    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)), None)
+    return Path(found).resolve().parent if found else None
+
+
+def _install_postgres() -> str | None:
+    """Debian's postgresql, when it is missing and this test may install packages (root + apt)."""
+    if _pg_bin():
+        return None
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return "PostgreSQL is not installed and this user cannot install it (needs root and apt-get)"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            return f"`{' '.join(cmd)}` failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}"
+    return None if _pg_bin() else "apt-get installed postgresql but no initdb was found"
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    reason = _install_postgres()
+    if reason:
+        pytest.skip(f"no PostgreSQL server: {reason}")
+    bindir = _pg_bin()
+    # PostgreSQL refuses to run as root: run it as the `postgres` user the Debian package creates
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    datadir = Path(tempfile.mkdtemp(prefix="visionflow-pg-"))
+    if as_pg:
+        shutil.chown(datadir, "postgres", "postgres")
+    port = free_port()
+    subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(datadir / "db"), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)  # fmt: skip
+    opts = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1"
+    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(datadir / "db"), "-o", opts, "-l", str(datadir / "log"), "-w", "start"],
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True) as conn:
+            conn.execute("CREATE DATABASE mlflow")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(datadir / "db"), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
+@pytest.fixture
+def mlflow_on_postgres(postgres_url, tmp_path, tracking_env):
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+         "--backend-store-uri", postgres_url, "--artifacts-destination", (tmp_path / "server-artifacts").as_uri()],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        if not wait_http_ok(f"http://127.0.0.1:{port}/health", 120):
+            pytest.fail("mlflow server on PostgreSQL did not become healthy in 120 s")
+        uri = f"http://127.0.0.1:{port}"
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_concurrent_families_log_to_mlflow_on_postgresql(project, tmp_path, mlflow_on_postgres):
+    src = make_folder(tmp_path / "src", classes=("cat", "dog", "owl"), per_class=20, size=(20, 24))
+    t0 = time.time()
+    res = _run(project, src, ["orchestration.task_runner=dask", "orchestration.dask_workers=2"])
+    assert res.tracking_uri == mlflow_on_postgres and not (project / ".visionflow" / "mlflow" / "mlflow.db").exists()
+    runs = _family_runs(res)
+    assert set(runs) == {"cnn", "rnn"} and _overlap(runs["cnn"], runs["rnn"])
+    for r in runs.values():  # every concurrent write arrived: status, per-epoch metrics, test metrics
+        assert r.info.status == "FINISHED" and r.info.start_time >= t0 * 1000 - 1000
+        assert len(_losses(r)) == 2 and "test_accuracy" in r.data.metrics
+    assert store.client().get_run(res.parent_run_id).info.status == "FINISHED"
+    assert res.champion == "1" and store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION) == "1"
