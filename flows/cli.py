@@ -184,6 +184,27 @@ def run(
     out.print(f"done in {res.seconds:.0f}s")
 
 
+@app.command("train-ddp")
+def train_ddp(
+    family: Annotated[str, typer.Option("--family", help="classifier section of params.yaml: cnn, rnn, cnn_lstm, feature_fusion")],
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="processes (GPUs) on this machine")] = 2,
+    profile: ProfileOpt = "default",
+    set_: SetOpt = None,
+    root: RootOpt = Path("."),
+) -> None:
+    """Train one family on several processes/GPUs with torchrun (DDP: NCCL on GPUs, gloo on CPUs)."""
+    import subprocess
+
+    cfg, _ = _setup(root, profile, set_)  # a bad knob or family fails here, once, not in every rank
+    if family not in cfg.models.classifiers():
+        _fail(f"--family {family!r} is not an enabled classifier family (choose from: {', '.join(cfg.models.classifiers())})", 2)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
+           "-m", "components.training.ddp", "--family", family, "--profile", profile, "--root", str(root)]  # fmt: skip
+    for item in set_ or []:
+        cmd += ["--set", item]
+    raise typer.Exit(subprocess.call(cmd))
+
+
 @app.command()
 def ui(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,

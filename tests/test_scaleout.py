@@ -171,3 +171,39 @@ def test_concurrent_families_log_to_mlflow_on_postgresql(project, tmp_path, mlfl
         assert len(_losses(r)) == 2 and "test_accuracy" in r.data.metrics
     assert store.client().get_run(res.parent_run_id).info.status == "FINISHED"
     assert res.champion == "1" and store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION) == "1"
+
+
+# --- one family on 2 processes: torchrun + DDP (gloo on this CPU) -----------------------------------
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_gloo_processes_train_one_family(project, tmp_path):
+    import json
+
+    from components.data.datasets import load_dataset
+    from components.training.runner import load_trained, split_accuracy
+
+    cli = str(Path(sys.executable).parent / "visionflow")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_HOME", "BENTOML_HOME", "PREFECT_API_URL"))}
+    shutil.copy(REPO_ROOT / "params.yaml", project / "params.yaml")
+    src = make_folder(tmp_path / "src", classes=("cat", "dog", "owl"), per_class=20, size=(20, 24))
+    ing = subprocess.run([cli, "ingest", "--profile", "quick", "--source", str(src)], cwd=project, env=env, capture_output=True, text=True)
+    assert ing.returncode == 0, ing.stderr
+    out = subprocess.run([cli, "train-ddp", "--family", "cnn", "--nproc-per-node", "2", "--profile", "quick",
+                          "--set", "models.cnn.train.epochs=3", "--set", "engine.progress=false"],
+                         cwd=project, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((project / ".visionflow" / "ddp" / "cnn" / "ddp.json").read_text())
+    assert summary["world_size"] == 2 and summary["backend"] == "gloo"
+    # both replicas stayed identical (each scored its own copy on validation every epoch)
+    assert summary["replicas_in_sync"] and len(summary["rank_val_losses"]) == 2 and len(summary["rank_val_losses"][0]) == 3
+    # each epoch's images were shared out, not duplicated: the two ranks together saw the train split once
+    _, splits = load_dataset(project / "data")
+    n = len(splits["train"])
+    assert summary["train_images_per_epoch"] == [n - n % 2] * 3
+    # rank 0 wrote one self-describing model file that scores as the run said on validation
+    model, _ = load_trained(summary["path"])
+    assert abs(split_accuracy(summary["path"], splits["val"]) - summary["val_acc"]) < 1e-6 and model is not None
+    # a bad family fails once, in one line, before torchrun starts
+    bad = subprocess.run([cli, "train-ddp", "--family", "gan", "--profile", "quick"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "not an enabled classifier family" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -87,6 +87,10 @@ def train_one_epoch(
 ) -> dict[str, float]:
     model.train()
     order = torch.randperm(len(data), generator=gen)
+    rank, world = dist_rank_world()
+    if world > 1:  # DDP: every rank draws the same order and takes an equal, disjoint share of it
+        order = order[: len(order) - len(order) % world][rank::world]
+        batch_size = max(1, batch_size // world)  # the same global batch as one process
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     for i in range(0, len(order), batch_size):
@@ -108,7 +112,38 @@ def train_one_epoch(
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(idx)
     seconds = time.perf_counter() - start
-    return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1), "img_per_s": seen / seconds, "epoch_seconds": seconds}
+    if world > 1:  # the epoch's figures over all ranks
+        import torch.distributed as dist
+
+        sums = torch.tensor([total_loss, float(correct), float(seen)], dtype=torch.float64, device=batcher.device)  # NCCL: on the GPU
+        dist.all_reduce(sums)
+        total_loss, correct, seen = sums[0].item(), int(sums[1].item()), int(sums[2].item())
+    return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1), "img_per_s": seen / seconds,
+            "epoch_seconds": seconds, "train_images": seen}  # fmt: skip
+
+
+def _sync_buffers(model: nn.Module) -> None:
+    import torch.distributed as dist
+
+    for buf in model.buffers():
+        dist.broadcast(buf, 0)
+
+
+def _from_rank0(flag: bool, device: torch.device) -> bool:
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device=device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) inside a torch.distributed process group (torchrun), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 @torch.no_grad()
@@ -180,10 +215,16 @@ def fit(
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":  # small datasets: one pinned, non-blocking copy to the GPU
         train = ImageTensors(train.x.pin_memory().to(device, non_blocking=True), train.y.to(device), train.paths)
+    rank, world = dist_rank_world()
     step_model = torch.compile(model) if engine.compile else model
+    if world > 1:  # DDP (torchrun): gradients averaged across ranks; rank 0 writes the files
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_model = DistributedDataParallel(step_model, device_ids=[device.index or 0] if device.type == "cuda" else None)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = sum(1 for i in range(0, len(train), cfg.batch_size) if len(train) - i >= 2)
+    per_rank, rank_batch = (len(train) - len(train) % world) // world, max(1, cfg.batch_size // world)
+    steps = sum(1 for i in range(0, per_rank, rank_batch) if per_rank - i >= 2)
     scheduler = _scheduler(optimizer, cfg, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     train_batcher = Batcher(spec, device, engine.channels_last, cfg)
@@ -201,7 +242,7 @@ def fit(
             ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_loss"], ckpt["best_epoch"], ckpt["bad"], ckpt["history"],
         )  # fmt: skip
 
-    progress = _progress(engine.progress, label, cfg.epochs, start_epoch)
+    progress = _progress(engine.progress and rank == 0, label, cfg.epochs, start_epoch)
     t0 = time.perf_counter()
     elapsed_before = sum(h.get("epoch_seconds", 0.0) for h in history)
     stopped_early = False
@@ -209,28 +250,39 @@ def fit(
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         stats = train_one_epoch(step_model, train, train_batcher, optimizer, scheduler, loss_fn,
                                 batch_size=cfg.batch_size, bf16=bf16, grad_clip=cfg.grad_clip, gen=gen)  # fmt: skip
+        if world > 1:
+            _sync_buffers(model)  # BatchNorm statistics are per rank: rank 0's, so every rank scores the same
         val_stats = evaluate(model, val, eval_batcher, bf16=bf16)
         metrics = {**stats, "val_loss": val_stats["loss"], "val_acc": val_stats["acc"], "lr": optimizer.param_groups[0]["lr"], "epoch": epoch}
         history.append(metrics)
         improved = val_stats["acc"] > best_acc or (val_stats["acc"] == best_acc and val_stats["loss"] < best_loss)
         if improved:
             best_acc, best_loss, best_epoch, bad = val_stats["acc"], val_stats["loss"], epoch, 0
-            _save({"model": model.state_dict(), "epoch": epoch, "val_acc": best_acc}, best_path)
+            if rank == 0:
+                _save({"model": model.state_dict(), "epoch": epoch, "val_acc": best_acc}, best_path)
         else:
             bad += 1
-        _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "rng": torch.get_rng_state(), "epoch": epoch, "best_acc": best_acc, "best_loss": best_loss,
-               "best_epoch": best_epoch, "bad": bad, "history": history}, last)  # fmt: skip
-        if on_epoch_end is not None:
+        if rank == 0:
+            _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                   "rng": torch.get_rng_state(), "epoch": epoch, "best_acc": best_acc, "best_loss": best_loss,
+                   "best_epoch": best_epoch, "bad": bad, "history": history}, last)  # fmt: skip
+        if on_epoch_end is not None and rank == 0:
             on_epoch_end(epoch, metrics)
         progress(epoch, metrics)
         if bad >= cfg.patience:
             stopped_early = True
             break
-        if cfg.max_seconds and elapsed_before + time.perf_counter() - t0 >= cfg.max_seconds:
+        out_of_time = bool(cfg.max_seconds and elapsed_before + time.perf_counter() - t0 >= cfg.max_seconds)
+        if world > 1:  # a clock differs per rank: rank 0 decides for all
+            out_of_time = _from_rank0(out_of_time, device)
+        if out_of_time:
             stopped_early = True
             break
     progress(None, None)
+    if world > 1:  # every rank waits for rank 0's best.pt
+        import torch.distributed as dist
+
+        dist.barrier()
     model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
     train_seconds = sum(h["epoch_seconds"] for h in history)
     n_imgs = sum(h["img_per_s"] * h["epoch_seconds"] for h in history)

@@ -17,7 +17,7 @@ from components.config import ClassifierFamily, DecisionFusionFamily, EngineConf
 from components.data.datasets import DatasetSpec, ImageTensors, load_dataset
 from components.models import create_model, family_of
 from components.models.hybrid import choose_alpha
-from components.training.classifier import Batcher, EpochCallback, evaluate, fit, predict_proba
+from components.training.classifier import Batcher, EpochCallback, dist_rank_world, evaluate, fit, predict_proba
 from components.training.device import select_device
 from components.training.gan import fit_gan
 
@@ -62,7 +62,9 @@ def train_classifier(
     model = _seeded_model(fam.model, spec, fam.hparams, fam.train.seed)
     res = fit(model, splits["train"], splits["val"], spec, fam.train, engine, workdir=out_dir / key / "checkpoints",
               resume=resume, on_epoch_end=on_epoch_end, label=key)  # fmt: skip
-    model_path = save_trained(model, fam.model, fam.hparams, spec, out_dir / key / MODEL_FILE)
+    model_path = out_dir / key / MODEL_FILE
+    if dist_rank_world()[0] == 0:  # under DDP every rank holds the same weights; one writes them
+        save_trained(model, fam.model, fam.hparams, spec, model_path)
     return {
         "key": key, "model": fam.model, "family": family_of(fam.model), "path": str(model_path),
         "val_acc": res.best_val_acc, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
