@@ -41,6 +41,14 @@ class Settings:
     max_pixels: int = 16_000_000
     max_bytes: int = 10 * 1024 * 1024
     max_generate: int = 64
+    # process shape, measured side by side in benchmarks/bench_serving.py (README: Serving numbers)
+    workers: int = 1
+    max_in_flight: int = 32  # per worker; beyond it a 503 with Retry-After (load shedding)
+    batching: bool = False  # /classify_batch merges concurrent requests (BentoML batchable API)
+    max_batch_size: int = 32
+    max_latency_ms: int = 50
+    access_log: bool = False  # one log line per request costs throughput; on for debugging
+    torch_threads: int = 1  # small models: one intra-op thread leaves the other core to HTTP
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -57,7 +65,45 @@ class Settings:
             poll_seconds=float(env.get("VISIONFLOW_POLL_SECONDS", cls.poll_seconds)),
             max_pixels=int(env.get("VISIONFLOW_MAX_PIXELS", cls.max_pixels)),
             max_bytes=int(env.get("VISIONFLOW_MAX_BYTES", cls.max_bytes)),
+            workers=int(env.get("VISIONFLOW_WORKERS", cls.workers)),
+            max_in_flight=int(env.get("VISIONFLOW_MAX_IN_FLIGHT", cls.max_in_flight)),
+            batching=_flag(env.get("VISIONFLOW_BATCHING"), cls.batching),
+            max_batch_size=int(env.get("VISIONFLOW_MAX_BATCH_SIZE", cls.max_batch_size)),
+            max_latency_ms=int(env.get("VISIONFLOW_MAX_LATENCY_MS", cls.max_latency_ms)),
+            access_log=_flag(env.get("VISIONFLOW_ACCESS_LOG"), cls.access_log),
+            torch_threads=int(env.get("VISIONFLOW_TORCH_THREADS", cls.torch_threads)),
         )
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    return default if value in (None, "") else value.strip().lower() in ("1", "true", "on", "yes")
+
+
+class LoadShedder:
+    """ASGI middleware: at most `limit` requests in flight per worker; beyond it a deliberate 503
+    with Retry-After, answered at once (BentoML's own limit answers 429 without Retry-After).
+    Probes, metadata and metrics always pass, so an overloaded server still reports itself."""
+
+    BYPASS = frozenset({"/healthz", "/livez", "/readyz", "/metrics", "/metadata"})
+
+    def __init__(self, app, limit: int, retry_after_s: int = 1):
+        self.app, self.limit, self.retry_after = app, limit, str(retry_after_s).encode()
+        self.in_flight = 0  # one event loop per worker: no lock needed
+        self.body = json.dumps({"error": f"server busy: {limit} requests in flight; retry after {retry_after_s} s"}).encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.BYPASS:
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            headers = [(b"content-type", b"application/json"), (b"retry-after", self.retry_after), (b"content-length", str(len(self.body)).encode())]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": self.body})
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 def decode_image(data: bytes, max_pixels: int, max_bytes: int) -> Image.Image:
@@ -239,3 +285,53 @@ def png_grid(images01: torch.Tensor, nrow: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(buf, format="PNG")
     return buf.getvalue()
+
+
+class BatchErrors:
+    """ASGI middleware for the batched `/classify_batch`: its answer is one item per image, and an
+    item {"error", "status"} (a bad image) becomes that request's 4xx, so one client's bad upload
+    never fails the other requests it was batched with. Adds X-Model-Version as on other answers."""
+
+    def __init__(self, app, path: str):
+        self.app, self.path = app, path
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        start: dict = {}
+        chunks: list[bytes] = []
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            if message["type"] != "http.response.body":
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            status, body = start["status"], b"".join(chunks)
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            items = _json_list(body) if status == 200 else None
+            if items:
+                bad = next(((i, it) for i, it in enumerate(items) if isinstance(it, dict) and "error" in it), None)
+                if bad is not None:
+                    status = int(bad[1].get("status", 400))
+                    body = json.dumps({"error": f"images[{bad[0]}]: {bad[1]['error']}"}).encode()
+                    headers = [(k, v) for k, v in headers if k.lower() != b"content-type"] + [(b"content-type", b"application/json")]
+                elif isinstance(items[0], dict) and "model" in items[0]:
+                    m = items[0]["model"]
+                    headers.append((b"x-model-version", f"{m['name']}/{m['version']}".encode()))
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
+
+def _json_list(body: bytes) -> list | None:
+    try:
+        items = json.loads(body)
+    except ValueError:
+        return None
+    return items if isinstance(items, list) else None

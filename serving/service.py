@@ -32,8 +32,9 @@ _ws = Workspace.at(os.environ.get("VISIONFLOW_ROOT", "."))
 _ws.activate()  # tool state in the workspace, telemetry off
 os.environ.setdefault("MLFLOW_TRACKING_URI", default_uri(_ws))  # the workspace's registry unless told otherwise
 
-from serving.runtime import InputError, ModelSlot, Settings, decode_image, png_grid, start_poller  # noqa: E402
+from serving.runtime import BatchErrors, InputError, LoadShedder, ModelSlot, Settings, decode_image, png_grid, start_poller  # noqa: E402
 
+SETTINGS = Settings.from_env()  # the process shape (workers, batching) is fixed when the service is defined
 probes = FastAPI(title="visionflow probes")
 
 
@@ -49,15 +50,14 @@ def _read(path: Path, settings: Settings) -> Image.Image:
 
 
 @bentoml.asgi_app(probes, path="/")
-@bentoml.service(name="visionflow", workers=1, traffic={"timeout": 30, "max_concurrency": 64})
+@bentoml.service(name="visionflow", workers=SETTINGS.workers, traffic={"timeout": 30}, logging={"access": {"enabled": SETTINGS.access_log}})
 class Visionflow:
     def __init__(self) -> None:
         import torch
 
-        threads = int(os.environ.get("VISIONFLOW_TORCH_THREADS", "1"))
-        if threads > 0:  # small models: fewer intra-op threads leave cores to HTTP handling
-            torch.set_num_threads(threads)
-        self.settings = Settings.from_env()
+        if SETTINGS.torch_threads > 0:  # small models: fewer intra-op threads leave cores to HTTP handling
+            torch.set_num_threads(SETTINGS.torch_threads)
+        self.settings = SETTINGS
         self.classifier = ModelSlot(self.settings.model_uri)
         self.generator = ModelSlot(self.settings.generator_uri) if self.settings.generator_uri else None
         for slot in filter(None, (self.classifier, self.generator)):
@@ -80,23 +80,44 @@ class Visionflow:
         ctx.response.headers["X-Model-Version"] = f"{model.name}/{model.version}"
         return model.classify([img])[0]
 
-    # A FastAPI route, not @bentoml.api: BentoML 1.4's multipart parser fails (HTTP 500) on a list
-    # field that carries a single file, and a bad image must be a 4xx.
-    @probes.post("/classify_batch")
-    def classify_batch(self, images: list[UploadFile] = File(default=[])):
-        model = self.classifier.current
-        if model is None:
-            return JSONResponse({"error": f"no model loaded yet: {self.classifier.error}"}, status_code=503)
-        if not images:
-            return JSONResponse({"error": "no images: send one or more multipart fields named 'images'"}, status_code=400)
-        decoded = []
-        for i, up in enumerate(images):
-            try:
-                data = up.file.read(self.settings.max_bytes + 1)
-                decoded.append(decode_image(data, self.settings.max_pixels, self.settings.max_bytes))
-            except InputError as exc:
-                return JSONResponse({"error": f"images[{i}] ({up.filename}): {exc}"}, status_code=exc.status)
-        return JSONResponse(model.classify(decoded), headers={"X-Model-Version": f"{model.name}/{model.version}"})
+    if SETTINGS.batching:
+        # BentoML's adaptive batching: concurrent requests' images are merged into one forward pass
+        # (up to max_batch_size images, waiting at most max_latency_ms). One request's bad image must
+        # not fail the others in its batch, so errors travel as items and BatchErrors (middleware)
+        # turns them back into that request's 4xx.
+        @bentoml.api(route="/classify_batch", batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+        def classify_batch(self, images: list[Path]) -> list[dict[str, Any]]:
+            model = self._model()
+            out: list[dict[str, Any]] = []
+            good: list[tuple[int, Image.Image]] = []
+            for path in images:
+                try:
+                    good.append((len(out), _read(path, self.settings)))
+                    out.append({})
+                except InputError as exc:
+                    out.append({"error": str(exc), "status": exc.status})
+            for (i, _), answer in zip(good, model.classify([img for _, img in good]) if good else []):
+                out[i] = answer
+            return out
+
+    else:
+        # A FastAPI route, not @bentoml.api: BentoML 1.4's multipart parser fails (HTTP 500) on a
+        # non-batchable list field that carries a single file, and a bad image must be a 4xx.
+        @probes.post("/classify_batch")
+        def classify_batch(self, images: list[UploadFile] = File(default=[])):
+            model = self.classifier.current
+            if model is None:
+                return JSONResponse({"error": f"no model loaded yet: {self.classifier.error}"}, status_code=503)
+            if not images:
+                return JSONResponse({"error": "no images: send one or more multipart fields named 'images'"}, status_code=400)
+            decoded = []
+            for i, up in enumerate(images):
+                try:
+                    data = up.file.read(self.settings.max_bytes + 1)
+                    decoded.append(decode_image(data, self.settings.max_pixels, self.settings.max_bytes))
+                except InputError as exc:
+                    return JSONResponse({"error": f"images[{i}] ({up.filename}): {exc}"}, status_code=exc.status)
+            return JSONResponse(model.classify(decoded), headers={"X-Model-Version": f"{model.name}/{model.version}"})
 
     @bentoml.api(route="/generate")
     def generate(self, n: int = 8, class_name: str | None = None, label: int | None = None, ctx: bentoml.Context = None) -> Image.Image:
@@ -144,3 +165,9 @@ class Visionflow:
         if gen is not None:
             out["generator"] = gen.lineage()
         return out
+
+
+# outermost first: LoadShedder sheds before any parsing; BatchErrors sees the batched API's answers
+Visionflow.add_asgi_middleware(LoadShedder, limit=SETTINGS.max_in_flight)
+if SETTINGS.batching:
+    Visionflow.add_asgi_middleware(BatchErrors, path="/classify_batch")
