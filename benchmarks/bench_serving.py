@@ -1,8 +1,13 @@
-"""Serving throughput and latency: req/s, p50, p99 at several concurrency levels (closed loop),
-against a running `visionflow serve` (or any URL). One image per request (a 28x28 PNG by default).
+"""Issue 5's numbers: serving configurations side by side, an open-loop load, a 200-client flood and
+a champion switch under load. Each configuration is a real `visionflow serve` (BentoML) started here
+on a free port; the load generator (aiohttp) runs on the same machine, so it shares the cores.
 
-Run: .venv/bin/visionflow serve --port 3000 &   then
-     .venv/bin/python benchmarks/bench_serving.py --url http://127.0.0.1:3000 --seconds 15 --concurrency 1 8 32
+Run (after `make run` registered a champion):
+    .venv/bin/python benchmarks/bench_serving.py compare --seconds 10           # configurations × c=1, 8, 32
+    .venv/bin/python benchmarks/bench_serving.py open-loop --rate 50 --seconds 60
+    .venv/bin/python benchmarks/bench_serving.py flood --clients 200 --seconds 60
+    .venv/bin/python benchmarks/bench_serving.py switch --rate 50 --seconds 30 --to visionflow-cnn/1
+One 28×28 PNG per request (a digit from the test split when data/ exists).
 """
 
 from __future__ import annotations
@@ -10,59 +15,272 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
+import signal
+import socket
 import statistics
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
-import httpx
+import aiohttp
 import numpy as np
+import psutil
 from PIL import Image
 
+REPO = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).parent / "visionflow")
 
-def png(size: int) -> bytes:
-    arr = np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8)
+# name → (environment of `visionflow serve`, endpoint a client posts one image to, form field)
+CONFIGS: dict[str, tuple[dict[str, str], str, str]] = {
+    "naive (1 worker, no batching, access log)": ({"VISIONFLOW_WORKERS": "1", "VISIONFLOW_BATCHING": "off", "VISIONFLOW_ACCESS_LOG": "on"}, "/classify", "image"),
+    "1 worker, no batching": ({"VISIONFLOW_WORKERS": "1", "VISIONFLOW_BATCHING": "off"}, "/classify", "image"),
+    "2 workers, no batching": ({"VISIONFLOW_WORKERS": "2", "VISIONFLOW_BATCHING": "off"}, "/classify", "image"),
+    "1 worker, batching 32/100 ms": ({"VISIONFLOW_WORKERS": "1", "VISIONFLOW_BATCHING": "on", "VISIONFLOW_MAX_BATCH_SIZE": "32", "VISIONFLOW_MAX_LATENCY_MS": "100"}, "/classify", "image"),
+    "1 worker, batching 32/500 ms": ({"VISIONFLOW_WORKERS": "1", "VISIONFLOW_BATCHING": "on", "VISIONFLOW_MAX_BATCH_SIZE": "32", "VISIONFLOW_MAX_LATENCY_MS": "500"}, "/classify", "image"),
+    "2 workers, batching 32/500 ms": ({"VISIONFLOW_WORKERS": "2", "VISIONFLOW_BATCHING": "on", "VISIONFLOW_MAX_BATCH_SIZE": "32", "VISIONFLOW_MAX_LATENCY_MS": "500"}, "/classify", "image"),
+}  # fmt: skip
+DEFAULT = "2 workers, batching 32/500 ms"  # what `visionflow serve` ships (serving/runtime.py Settings)
+
+
+def sample_png() -> bytes:
+    pngs = sorted((REPO / "data" / "test").rglob("*.png"))
+    if pngs:
+        return pngs[0].read_bytes()
     buf = io.BytesIO()
-    Image.fromarray(arr, "L").save(buf, format="PNG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8), "L").save(buf, format="PNG")
     return buf.getvalue()
 
 
-async def closed_loop(url: str, concurrency: int, seconds: float, body: bytes) -> dict:
-    latencies, codes = [], {}
-    stop = time.perf_counter() + seconds
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-        async def worker():
+
+class Server:
+    """`visionflow serve` in a subprocess (its own process group), ready when /readyz is 200."""
+
+    def __init__(self, env: dict[str, str], poll: float = 1.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([CLI, "serve", "--port", str(self.port), "--poll", str(poll), "--root", str(REPO)],
+                                     env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)  # fmt: skip
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        import urllib.request
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{self.url}/readyz", timeout=2).status == 200:
+                    return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("server not ready")
+
+    def rss_mb(self) -> float:
+        try:
+            procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+            return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
+        except psutil.NoSuchProcess:
+            return 0.0
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+class Recorder:
+    def __init__(self):
+        self.latencies: list[float] = []
+        self.codes: dict[str, int] = {}
+        self.versions: set[str] = set()
+        self.retry_after_missing = 0
+
+    def add(self, ms: float, code: str) -> None:
+        self.latencies.append(ms)
+        self.codes[code] = self.codes.get(code, 0) + 1
+
+    def summary(self, seconds: float) -> dict:
+        lat = sorted(self.latencies) or [float("nan")]
+        ok = self.codes.get("200", 0)
+        return {"req_s": ok / seconds, "p50_ms": statistics.median(lat), "p99_ms": lat[int(0.99 * (len(lat) - 1))],
+                "codes": dict(sorted(self.codes.items())), "n": len(self.latencies)}  # fmt: skip
+
+
+async def _post(session: aiohttp.ClientSession, url: str, field: str, body: bytes, rec: Recorder) -> None:
+    form = aiohttp.FormData()
+    form.add_field(field, body, filename="x.png", content_type="image/png")
+    t = time.perf_counter()
+    try:
+        async with session.post(url, data=form) as r:
+            await r.read()
+            code = str(r.status)
+            if r.status == 503 and "Retry-After" not in r.headers:
+                rec.retry_after_missing += 1
+            if r.status == 200 and "X-Model-Version" in r.headers:
+                rec.versions.add(r.headers["X-Model-Version"])
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        code = type(exc).__name__
+    rec.add((time.perf_counter() - t) * 1000, code)
+
+
+def _session(limit: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit), timeout=aiohttp.ClientTimeout(total=60))
+
+
+async def closed_loop(url: str, field: str, body: bytes, clients: int, seconds: float) -> dict:
+    rec, stop = Recorder(), time.perf_counter() + seconds
+    async with _session(clients) as s:
+
+        async def client():
             while time.perf_counter() < stop:
-                t = time.perf_counter()
-                try:
-                    r = await client.post(f"{url}/classify", files={"image": ("x.png", body)})
-                    code = r.status_code
-                except httpx.HTTPError as exc:
-                    code = type(exc).__name__
-                latencies.append((time.perf_counter() - t) * 1000)
-                codes[code] = codes.get(code, 0) + 1
+                await _post(s, url, field, body, rec)
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    latencies.sort()
-    return {
-        "concurrency": concurrency, "req_s": len(latencies) / elapsed, "p50_ms": statistics.median(latencies),
-        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))], "codes": codes,
-    }  # fmt: skip
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return {**rec.summary(time.perf_counter() - t0), "retry_after_missing": rec.retry_after_missing}
+
+
+async def open_loop(url: str, field: str, body: bytes, rate: float, seconds: float, during=None) -> tuple[dict, Recorder]:
+    """A request every 1/rate s whatever the answers (a fixed schedule: latency cannot slow it)."""
+    rec = Recorder()
+    async with _session(1000) as s:
+        tasks, t0 = [], time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if during and i == int(rate * seconds / 3):
+                asyncio.get_running_loop().run_in_executor(None, during)
+            tasks.append(asyncio.create_task(_post(s, url, field, body, rec)))
+        await asyncio.gather(*tasks)
+        return rec.summary(time.perf_counter() - t0), rec
+
+
+def _row(name: str, c: int, r: dict) -> str:
+    return f"| {name} | {c} | {r['req_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['codes']} |"
+
+
+def compare(args) -> None:
+    body = sample_png()
+    names = args.configs or list(CONFIGS)
+    results: dict[str, dict[int, dict]] = {}
+    print("| configuration | concurrency | req/s (200s) | p50 ms | p99 ms | status codes |\n|---|---|---|---|---|---|", flush=True)
+    for name in names:
+        env, path, field = CONFIGS[name]
+        server = Server(env)
+        try:
+            server.wait_ready()
+            asyncio.run(closed_loop(server.url + path, field, body, 4, 2))  # warm-up
+            results[name] = {}
+            for c in args.concurrency:
+                r = asyncio.run(closed_loop(server.url + path, field, body, c, args.seconds))
+                results[name][c] = r
+                print(_row(name, c, r), flush=True)
+        finally:
+            server.stop()
+    c = max(args.concurrency)
+    naive = next(iter(results.values()))[c]["req_s"]
+    print(f"\nat concurrency {c}, relative to `{names[0]}`:")
+    for name, rows in results.items():
+        print(f"- {name}: {rows[c]['req_s'] / naive:.2f}×")
+
+
+def open_loop_cmd(args) -> None:
+    env, path, field = CONFIGS[args.config]
+    server = Server(env)
+    try:
+        server.wait_ready()
+        asyncio.run(closed_loop(server.url + path, field, sample_png(), 2, 2))
+        r, _ = asyncio.run(open_loop(server.url + path, field, sample_png(), args.rate, args.seconds))
+        print(f"open loop {args.rate:.0f} req/s for {args.seconds:.0f} s ({args.config}): {r['n']} requests, "
+              f"codes {r['codes']}, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")  # fmt: skip
+    finally:
+        server.stop()
+
+
+def flood(args) -> None:
+    env, path, field = CONFIGS[args.config]
+    server = Server(env)
+    body = sample_png()
+    try:
+        server.wait_ready()
+        idle_before = asyncio.run(closed_loop(server.url + path, field, body, 1, 5))
+        rss: list[float] = []
+        stop = threading.Event()
+
+        def sample():
+            while not stop.wait(1.0):
+                rss.append(server.rss_mb())
+
+        threading.Thread(target=sample, daemon=True).start()
+        r = asyncio.run(closed_loop(server.url + path, field, body, args.clients, args.seconds))
+        stop.set()
+        time.sleep(2)
+        idle_after = asyncio.run(closed_loop(server.url + path, field, body, 1, 5))
+        third = max(1, len(rss) // 3)
+        print(f"{args.clients} closed-loop clients for {args.seconds:.0f} s ({args.config}):")
+        print(f"- answers: {r['codes']} ({r['req_s']:.0f} req/s served), 503s without Retry-After: {r['retry_after_missing']}")
+        print(f"- latency p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms")
+        print(f"- server RSS (all processes): first third mean {statistics.mean(rss[:third]):.0f} MB, last third mean "
+              f"{statistics.mean(rss[-third:]):.0f} MB, max {max(rss):.0f} MB")  # fmt: skip
+        print(f"- idle latency p50 before {idle_before['p50_ms']:.1f} ms, after {idle_after['p50_ms']:.1f} ms")
+    finally:
+        server.stop()
+
+
+def switch(args) -> None:
+    """Promote another version while an open-loop load runs: every request must succeed, and the
+    answers must move from the old version to the new one."""
+    env, path, field = CONFIGS[args.config]
+    server = Server(env, poll=1.0)
+    name, version = args.to.split("/")
+    try:
+        server.wait_ready()
+        promoted = {}
+
+        def promote():
+            out = subprocess.run([CLI, "promote", name, version, "--root", str(REPO)], capture_output=True, text=True)
+            promoted["out"] = (out.stdout or out.stderr).strip()
+
+        r, rec = asyncio.run(open_loop(server.url + path, field, sample_png(), args.rate, args.seconds, during=promote))
+        print(f"champion switch under {args.rate:.0f} req/s for {args.seconds:.0f} s: {promoted.get('out')}")
+        print(f"- answers: {r['codes']}, p99 {r['p99_ms']:.1f} ms; model versions seen: {sorted(rec.versions)}")
+    finally:
+        server.stop()
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--url", default="http://127.0.0.1:3000")
-    ap.add_argument("--seconds", type=float, default=15)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--size", type=int, default=28)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("compare")
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS))
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--seconds", type=float, default=10)
+    p.set_defaults(fn=compare)
+    for cmd, fn in (("open-loop", open_loop_cmd), ("switch", switch)):
+        p = sub.add_parser(cmd)
+        p.add_argument("--rate", type=float, default=50)
+        p.add_argument("--seconds", type=float, default=60 if cmd == "open-loop" else 30)
+        p.add_argument("--config", default=DEFAULT, choices=list(CONFIGS))
+        if cmd == "switch":
+            p.add_argument("--to", required=True, help="registered NAME/VERSION to promote, e.g. visionflow-cnn/1")
+        p.set_defaults(fn=fn)
+    p = sub.add_parser("flood")
+    p.add_argument("--clients", type=int, default=200)
+    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--config", default=DEFAULT, choices=list(CONFIGS))
+    p.set_defaults(fn=flood)
     args = ap.parse_args()
-    body = png(args.size)
-    print("| concurrency | req/s | p50 ms | p99 ms | status codes |\n|---|---|---|---|---|")
-    for c in args.concurrency:
-        r = asyncio.run(closed_loop(args.url, c, args.seconds, body))
-        print(f"| {c} | {r['req_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['codes']} |")
+    args.fn(args)
 
 
 if __name__ == "__main__":

@@ -306,6 +306,11 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     model: Annotated[str, typer.Option(help="registered model URI")] = "models:/visionflow-classifier@champion",
     poll: Annotated[float, typer.Option(help="seconds between alias checks (hot swap)")] = 5.0,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="worker processes [default 2]")] = None,
+    batching: Annotated[Optional[bool], typer.Option("--batching/--no-batching", help="adaptive batching of concurrent requests [default on]")] = None,
+    max_batch_size: Annotated[Optional[int], typer.Option(min=1, help="images per batched forward pass [default 32]")] = None,
+    max_latency_ms: Annotated[Optional[int], typer.Option(min=1, help="batching latency budget, ms [default 500]")] = None,
+    max_in_flight: Annotated[Optional[int], typer.Option(min=1, help="requests in flight per worker; more get 503 + Retry-After [default 32]")] = None,
     root: RootOpt = Path("."),
 ) -> None:
     """Serve the champion over HTTP (BentoML); switches models when the alias moves."""
@@ -318,6 +323,9 @@ def serve(
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or store.default_uri(ws)
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "VISIONFLOW_ROOT": str(ws.root), "VISIONFLOW_MODEL_URI": model,
            "VISIONFLOW_POLL_SECONDS": str(poll)}  # fmt: skip
+    shape = {"VISIONFLOW_WORKERS": workers, "VISIONFLOW_MAX_BATCH_SIZE": max_batch_size, "VISIONFLOW_MAX_LATENCY_MS": max_latency_ms,
+             "VISIONFLOW_MAX_IN_FLIGHT": max_in_flight, "VISIONFLOW_BATCHING": None if batching is None else ("on" if batching else "off")}  # fmt: skip
+    env.update({k: str(v) for k, v in shape.items() if v is not None})
     typer.echo(f"serving {model} from {uri} on http://{host}:{port}  (ready when GET /healthz is 200)")
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:Visionflow", "--host", host, "--port", str(port)]
     raise typer.Exit(subprocess.call(cmd, env=env, cwd=ws.root))

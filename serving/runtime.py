@@ -42,11 +42,11 @@ class Settings:
     max_bytes: int = 10 * 1024 * 1024
     max_generate: int = 64
     # process shape, measured side by side in benchmarks/bench_serving.py (README: Serving numbers)
-    workers: int = 1
+    workers: int = 2
     max_in_flight: int = 32  # per worker; beyond it a 503 with Retry-After (load shedding)
-    batching: bool = False  # /classify_batch merges concurrent requests (BentoML batchable API)
+    batching: bool = True  # concurrent requests share one forward pass (BentoML batchable APIs)
     max_batch_size: int = 32
-    max_latency_ms: int = 50
+    max_latency_ms: int = 500  # BentoML's dispatcher answers 503 (no Retry-After) when it expects to miss this
     access_log: bool = False  # one log line per request costs throughput; on for debugging
     torch_threads: int = 1  # small models: one intra-op thread leaves the other core to HTTP
 
@@ -287,17 +287,19 @@ def png_grid(images01: torch.Tensor, nrow: int) -> bytes:
     return buf.getvalue()
 
 
-class BatchErrors:
-    """ASGI middleware for the batched `/classify_batch`: its answer is one item per image, and an
-    item {"error", "status"} (a bad image) becomes that request's 4xx, so one client's bad upload
-    never fails the other requests it was batched with. Adds X-Model-Version as on other answers."""
+class BatchAnswers:
+    """ASGI middleware for the batched APIs (`Settings.batching`). A batched API answers one item
+    per image, and an item {"error", "status"} (a bad image) becomes that request's 4xx, so one
+    client's bad upload never fails the requests it was batched with. `one` (/classify) answers a
+    single object, as without batching; X-Model-Version is added as on every other answer."""
 
-    def __init__(self, app, path: str):
-        self.app, self.path = app, path
+    def __init__(self, app, one: str, many: str):
+        self.app, self.one, self.many = app, one, many
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != self.path:
+        if scope["type"] != "http" or scope["path"] not in (self.one, self.many):
             return await self.app(scope, receive, send)
+        single = scope["path"] == self.one
         start: dict = {}
         chunks: list[bytes] = []
 
@@ -311,22 +313,32 @@ class BatchErrors:
             if message.get("more_body", False):
                 return
             status, body = start["status"], b"".join(chunks)
-            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
+            if status == 503 and not any(k.lower() == b"retry-after" for k, _ in headers):
+                headers.append((b"retry-after", b"1"))  # BentoML's dispatcher sheds load too, without saying when to retry
             items = _json_list(body) if status == 200 else None
-            if items:
-                bad = next(((i, it) for i, it in enumerate(items) if isinstance(it, dict) and "error" in it), None)
-                if bad is not None:
-                    status = int(bad[1].get("status", 400))
-                    body = json.dumps({"error": f"images[{bad[0]}]: {bad[1]['error']}"}).encode()
-                    headers = [(k, v) for k, v in headers if k.lower() != b"content-type"] + [(b"content-type", b"application/json")]
-                elif isinstance(items[0], dict) and "model" in items[0]:
-                    m = items[0]["model"]
+            if items is not None:
+                status, answer = _one_answer(items, single)
+                body = json.dumps(answer).encode()
+                if status == 200:
+                    m = (answer if single else answer[0])["model"]
                     headers.append((b"x-model-version", f"{m['name']}/{m['version']}".encode()))
-            headers.append((b"content-length", str(len(body)).encode()))
+            headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
 
         await self.app(scope, receive, capture)
+
+
+def _one_answer(items: list, single: bool) -> tuple[int, Any]:
+    if not items:
+        return 400, {"error": "no images: send one or more multipart fields named 'images'"}
+    if single and len(items) != 1:
+        return 400, {"error": f"/classify takes one image (got {len(items)}); send several to /classify_batch"}
+    for i, it in enumerate(items):
+        if isinstance(it, dict) and "error" in it:
+            return int(it.get("status", 400)), {"error": it["error"] if single else f"images[{i}]: {it['error']}"}
+    return 200, items[0] if single else items
 
 
 def _json_list(body: bytes) -> list | None:

@@ -32,7 +32,7 @@ _ws = Workspace.at(os.environ.get("VISIONFLOW_ROOT", "."))
 _ws.activate()  # tool state in the workspace, telemetry off
 os.environ.setdefault("MLFLOW_TRACKING_URI", default_uri(_ws))  # the workspace's registry unless told otherwise
 
-from serving.runtime import BatchErrors, InputError, LoadShedder, ModelSlot, Settings, decode_image, png_grid, start_poller  # noqa: E402
+from serving.runtime import BatchAnswers, InputError, LoadShedder, ModelSlot, Settings, decode_image, png_grid, start_poller  # noqa: E402
 
 SETTINGS = Settings.from_env()  # the process shape (workers, batching) is fixed when the service is defined
 probes = FastAPI(title="visionflow probes")
@@ -70,37 +70,46 @@ class Visionflow:
             raise bentoml.exceptions.BentoMLException(f"no model loaded yet: {self.classifier.error}", error_code=HTTPStatus.SERVICE_UNAVAILABLE)
         return current
 
-    @bentoml.api(route="/classify")
-    def classify(self, image: Path, ctx: bentoml.Context) -> dict[str, Any]:
-        model = self._model()  # one read: a swap mid-request cannot mix versions
-        try:
-            img = _read(image, self.settings)
-        except InputError as exc:
-            raise _http_error(exc) from None
-        ctx.response.headers["X-Model-Version"] = f"{model.name}/{model.version}"
-        return model.classify([img])[0]
+    def _classify_paths(self, paths: list[Path]) -> list[dict[str, Any]]:
+        """One answer per uploaded file; a bad file becomes an {"error", "status"} item (see BatchAnswers)."""
+        model = self._model()  # one read: a swap mid-batch cannot mix versions
+        out: list[dict[str, Any]] = []
+        good: list[tuple[int, Image.Image]] = []
+        for path in paths:
+            try:
+                good.append((len(out), _read(path, self.settings)))
+                out.append({})
+            except InputError as exc:
+                out.append({"error": str(exc), "status": exc.status})
+        for (i, _), answer in zip(good, model.classify([img for _, img in good]) if good else []):
+            out[i] = answer
+        return out
 
     if SETTINGS.batching:
         # BentoML's adaptive batching: concurrent requests' images are merged into one forward pass
-        # (up to max_batch_size images, waiting at most max_latency_ms). One request's bad image must
-        # not fail the others in its batch, so errors travel as items and BatchErrors (middleware)
-        # turns them back into that request's 4xx.
+        # (up to max_batch_size images, waiting at most max_latency_ms). A batched API answers a list
+        # and one request's bad image must not fail the others in its batch, so errors travel as
+        # items; BatchAnswers (middleware) turns them back into that request's 4xx and makes
+        # /classify answer one object, exactly as without batching.
+        @bentoml.api(route="/classify", batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+        def classify(self, image: list[Path]) -> list[dict[str, Any]]:
+            return self._classify_paths(image)
+
         @bentoml.api(route="/classify_batch", batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
         def classify_batch(self, images: list[Path]) -> list[dict[str, Any]]:
-            model = self._model()
-            out: list[dict[str, Any]] = []
-            good: list[tuple[int, Image.Image]] = []
-            for path in images:
-                try:
-                    good.append((len(out), _read(path, self.settings)))
-                    out.append({})
-                except InputError as exc:
-                    out.append({"error": str(exc), "status": exc.status})
-            for (i, _), answer in zip(good, model.classify([img for _, img in good]) if good else []):
-                out[i] = answer
-            return out
+            return self._classify_paths(images)
 
     else:
+        @bentoml.api(route="/classify")
+        def classify(self, image: Path, ctx: bentoml.Context) -> dict[str, Any]:
+            model = self._model()  # one read: a swap mid-request cannot mix versions
+            try:
+                img = _read(image, self.settings)
+            except InputError as exc:
+                raise _http_error(exc) from None
+            ctx.response.headers["X-Model-Version"] = f"{model.name}/{model.version}"
+            return model.classify([img])[0]
+
         # A FastAPI route, not @bentoml.api: BentoML 1.4's multipart parser fails (HTTP 500) on a
         # non-batchable list field that carries a single file, and a bad image must be a 4xx.
         @probes.post("/classify_batch")
@@ -167,7 +176,7 @@ class Visionflow:
         return out
 
 
-# outermost first: LoadShedder sheds before any parsing; BatchErrors sees the batched API's answers
+# outermost first: LoadShedder sheds before any parsing; BatchAnswers sees the batched API's answers
 Visionflow.add_asgi_middleware(LoadShedder, limit=SETTINGS.max_in_flight)
 if SETTINGS.batching:
-    Visionflow.add_asgi_middleware(BatchErrors, path="/classify_batch")
+    Visionflow.add_asgi_middleware(BatchAnswers, one="/classify", many="/classify_batch")

@@ -47,8 +47,21 @@ def _register(exp: str, key: str, seed: int, lineage: dict) -> str:
                                                                  "data_validated": "true", "test_accuracy": "0.5"})  # fmt: skip
 
 
+def _serve(root: Path, uri: str, **settings: str):
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "VISIONFLOW_POLL_SECONDS": "0.5", "VISIONFLOW_MAX_PIXELS": "1000000", **settings}
+    proc = subprocess.Popen([BENTOML, "serve", "serving.service:Visionflow", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    if not wait_http_ok(f"{base}/readyz"):
+        proc.terminate()
+        pytest.fail("bentoml serve did not become ready in 120 s")
+    return proc, base
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """The shipped configuration (adaptive batching on); `unbatched` below serves the other one."""
     root = tmp_path_factory.mktemp("serving-project")
     ws = Workspace.at(root, home=root / ".visionflow")
     before = os.environ.get("MLFLOW_TRACKING_URI")
@@ -59,14 +72,8 @@ def server(tmp_path_factory):
     g1 = _register(exp, "gan", 3, lineage)
     store.set_alias(store.CLASSIFIER_MODEL, store.CHAMPION, v1)
     store.set_alias(store.GENERATOR_MODEL, store.GENERATOR, g1)
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "VISIONFLOW_POLL_SECONDS": "0.5", "VISIONFLOW_MAX_PIXELS": "1000000"}
-    proc = subprocess.Popen([BENTOML, "serve", "serving.service:Visionflow", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    proc, base = _serve(root, uri)
     try:
-        if not wait_http_ok(f"{base}/readyz"):
-            pytest.fail("bentoml serve did not become ready in 120 s")
         yield {"base": base, "v1": v1, "v2": v2, "g1": g1, "uri": uri, "root": root, "ws": ws}
     finally:
         proc.terminate()
@@ -135,6 +142,61 @@ def test_bad_requests_of_other_kinds(server):
     assert httpx.post(f"{base}/generate", json={"class_name": "zebra", "n": 2}).status_code == 422
     assert httpx.post(f"{base}/generate", json={"label": 1, "n": 0}).status_code == 422
     assert httpx.post(f"{base}/generate", json={"label": 9, "n": 1}).status_code == 422
+
+
+@pytest.mark.slow
+def test_batched_requests_keep_their_own_answers_and_errors(server):
+    """Concurrent requests share forward passes; each still gets its own answer, and one client's
+    bad image is that client's 400 only."""
+    import concurrent.futures as cf
+
+    def post(i: int):
+        body = b"junk" if i % 5 == 0 else _png(seed=i)
+        r = httpx.post(f"{server['base']}/classify", files={"image": ("x.png", body)}, timeout=30)
+        return i, r.status_code, r.json()
+
+    with cf.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(post, range(40)))
+    for i, status, body in results:
+        if i % 5 == 0:
+            assert status == 400 and "not an image" in body["error"]
+        else:
+            assert status == 200 and body["class_name"] in SPEC.classes, body
+    # the same image gets the same answer whether or not it was batched with others
+    alone = httpx.post(f"{server['base']}/classify", files={"image": ("x.png", _png(seed=3))}).json()
+    assert alone["probabilities"] == next(b for i, _, b in results if i == 3)["probabilities"]
+    two = httpx.post(f"{server['base']}/classify", files=[("image", ("a.png", _png())), ("image", ("b.png", _png()))])
+    assert two.status_code == 400 and "/classify_batch" in two.text
+
+
+@pytest.fixture(scope="module")
+def unbatched(server):
+    proc, base = _serve(server["root"], server["uri"], VISIONFLOW_BATCHING="off", VISIONFLOW_MAX_IN_FLIGHT="2")
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_unbatched_configuration_and_load_shedding(unbatched):
+    import concurrent.futures as cf
+
+    r = httpx.post(f"{unbatched}/classify", files={"image": ("x.png", _png())})
+    assert r.status_code == 200 and r.headers["x-model-version"].startswith(store.CLASSIFIER_MODEL)
+    assert httpx.post(f"{unbatched}/classify", files={"image": ("x.png", b"junk")}).status_code == 400
+    r = httpx.post(f"{unbatched}/classify_batch", files=[("images", ("a.png", _png())), ("images", ("b.png", b"junk"))])
+    assert r.status_code == 400 and "images[1]" in r.text
+    # more requests at once than the 2 allowed in flight: the excess gets a deliberate 503 with
+    # Retry-After at once, never a reset or a timeout, and the probes still answer
+    with cf.ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(lambda _: httpx.post(f"{unbatched}/classify", files={"image": ("x.png", _png((600, 500)))}, timeout=30), range(48)))
+    codes = {a.status_code for a in answers}
+    assert codes == {200, 503}, codes
+    assert all(a.headers.get("retry-after") == "1" and "busy" in a.json()["error"] for a in answers if a.status_code == 503)
+    assert httpx.get(f"{unbatched}/readyz").status_code == 200
+    assert httpx.post(f"{unbatched}/classify", files={"image": ("x.png", _png())}).status_code == 200
 
 
 @pytest.mark.slow
