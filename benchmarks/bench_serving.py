@@ -82,12 +82,16 @@ class Server:
                 time.sleep(0.5)
         raise RuntimeError("server not ready")
 
-    def rss_mb(self) -> float:
+    def memory_mb(self) -> tuple[float, float]:
+        """(PSS, RSS) summed over the server's processes. PSS counts a page shared by n processes
+        1/n times in each (torch's libraries are mapped by every worker): the tree's real footprint;
+        the RSS sum counts shared pages once per process."""
         try:
             procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
-            return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
-        except psutil.NoSuchProcess:
-            return 0.0
+            infos = [p.memory_full_info() for p in procs if p.is_running()]
+        except psutil.Error:
+            return 0.0, 0.0
+        return sum(i.pss for i in infos) / 2**20, sum(i.rss for i in infos) / 2**20
 
     def stop(self) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)
@@ -214,24 +218,25 @@ def flood(args) -> None:
     try:
         server.wait_ready()
         idle_before = asyncio.run(closed_loop(server.url + path, field, body, 1, 5))
-        rss: list[float] = []
+        mem: list[tuple[float, float]] = []
         stop = threading.Event()
 
         def sample():
             while not stop.wait(1.0):
-                rss.append(server.rss_mb())
+                mem.append(server.memory_mb())
 
         threading.Thread(target=sample, daemon=True).start()
         r = asyncio.run(closed_loop(server.url + path, field, body, args.clients, args.seconds))
         stop.set()
         time.sleep(2)
         idle_after = asyncio.run(closed_loop(server.url + path, field, body, 1, 5))
-        third = max(1, len(rss) // 3)
+        pss, rss = [m[0] for m in mem], [m[1] for m in mem]
+        third = max(1, len(pss) // 3)
         print(f"{args.clients} closed-loop clients for {args.seconds:.0f} s ({args.config}):")
         print(f"- answers: {r['codes']} ({r['req_s']:.0f} req/s served), 503s without Retry-After: {r['retry_after_missing']}")
         print(f"- latency p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms")
-        print(f"- server RSS (all processes): first third mean {statistics.mean(rss[:third]):.0f} MB, last third mean "
-              f"{statistics.mean(rss[-third:]):.0f} MB, max {max(rss):.0f} MB")  # fmt: skip
+        print(f"- server memory (PSS, all processes): first third mean {statistics.mean(pss[:third]):.0f} MB, last third mean "
+              f"{statistics.mean(pss[-third:]):.0f} MB, max {max(pss):.0f} MB (RSS summed per process: max {max(rss):.0f} MB)")  # fmt: skip
         print(f"- idle latency p50 before {idle_before['p50_ms']:.1f} ms, after {idle_after['p50_ms']:.1f} ms")
     finally:
         server.stop()

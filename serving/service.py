@@ -32,9 +32,13 @@ _ws = Workspace.at(os.environ.get("VISIONFLOW_ROOT", "."))
 _ws.activate()  # tool state in the workspace, telemetry off
 os.environ.setdefault("MLFLOW_TRACKING_URI", default_uri(_ws))  # the workspace's registry unless told otherwise
 
-from serving.runtime import BatchAnswers, InputError, LoadShedder, ModelSlot, Settings, decode_image, png_grid, start_poller  # noqa: E402
+# torch and the models load in the worker processes only (serving.runtime, imported in __init__):
+# BentoML's supervisor imports this module for its config, and torch would cost it ~0.5 GB
+from serving.settings import BatchAnswers, InputError, LoadShedder, Settings, cap_batch_wait, decode_image  # noqa: E402
 
 SETTINGS = Settings.from_env()  # the process shape (workers, batching) is fixed when the service is defined
+if SETTINGS.batching:
+    cap_batch_wait(SETTINGS.batch_wait_ms)
 probes = FastAPI(title="visionflow probes")
 
 
@@ -54,6 +58,8 @@ def _read(path: Path, settings: Settings) -> Image.Image:
 class Visionflow:
     def __init__(self) -> None:
         import torch
+
+        from serving.runtime import ModelSlot, start_poller
 
         if SETTINGS.torch_threads > 0:  # small models: fewer intra-op threads leave cores to HTTP handling
             torch.set_num_threads(SETTINGS.torch_threads)
@@ -150,6 +156,8 @@ class Visionflow:
         if ctx is not None:
             ctx.response.headers["X-Model-Version"] = f"{gen.name}/{gen.version}"
         import io
+
+        from serving.runtime import png_grid
 
         return Image.open(io.BytesIO(png_grid(imgs, nrow=min(n, 8))))
 
