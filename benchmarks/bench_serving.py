@@ -42,7 +42,7 @@ CONFIGS: dict[str, tuple[dict[str, str], str, str]] = {
     "1 worker, batching 32/500 ms": ({"VISIONFLOW_WORKERS": "1", "VISIONFLOW_BATCHING": "on", "VISIONFLOW_MAX_BATCH_SIZE": "32", "VISIONFLOW_MAX_LATENCY_MS": "500"}, "/classify", "image"),
     "2 workers, batching 32/500 ms": ({"VISIONFLOW_WORKERS": "2", "VISIONFLOW_BATCHING": "on", "VISIONFLOW_MAX_BATCH_SIZE": "32", "VISIONFLOW_MAX_LATENCY_MS": "500"}, "/classify", "image"),
 }  # fmt: skip
-DEFAULT = "2 workers, batching 32/500 ms"  # what `visionflow serve` ships (serving/runtime.py Settings)
+DEFAULT = "1 worker, batching 32/500 ms"  # what `visionflow serve` ships (serving/runtime.py Settings)
 
 
 def sample_png() -> bytes:
@@ -119,34 +119,43 @@ class Recorder:
                 "codes": dict(sorted(self.codes.items())), "n": len(self.latencies)}  # fmt: skip
 
 
-async def _post(session: aiohttp.ClientSession, url: str, field: str, body: bytes, rec: Recorder) -> None:
+async def _post(session: aiohttp.ClientSession, url: str, field: str, body: bytes, rec: Recorder) -> float:
+    """One request; returns the Retry-After seconds of a 503 (0 otherwise)."""
     form = aiohttp.FormData()
     form.add_field(field, body, filename="x.png", content_type="image/png")
     t = time.perf_counter()
+    retry_after = 0.0
     try:
         async with session.post(url, data=form) as r:
             await r.read()
             code = str(r.status)
-            if r.status == 503 and "Retry-After" not in r.headers:
-                rec.retry_after_missing += 1
+            if r.status == 503:
+                if "Retry-After" not in r.headers:
+                    rec.retry_after_missing += 1
+                retry_after = float(r.headers.get("Retry-After", 0))
             if r.status == 200 and "X-Model-Version" in r.headers:
                 rec.versions.add(r.headers["X-Model-Version"])
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         code = type(exc).__name__
     rec.add((time.perf_counter() - t) * 1000, code)
+    return retry_after
 
 
 def _session(limit: int) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit), timeout=aiohttp.ClientTimeout(total=60))
 
 
-async def closed_loop(url: str, field: str, body: bytes, clients: int, seconds: float) -> dict:
+async def closed_loop(url: str, field: str, body: bytes, clients: int, seconds: float, honor_retry_after: bool = True) -> dict:
+    """`clients` clients, each sending its next request when the last one is answered (after the
+    Retry-After of a 503, as a well-behaved client does, unless honor_retry_after is False)."""
     rec, stop = Recorder(), time.perf_counter() + seconds
     async with _session(clients) as s:
 
         async def client():
             while time.perf_counter() < stop:
-                await _post(s, url, field, body, rec)
+                wait = await _post(s, url, field, body, rec)
+                if wait and honor_retry_after:
+                    await asyncio.sleep(min(wait, max(0.0, stop - time.perf_counter())))
 
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
@@ -226,13 +235,14 @@ def flood(args) -> None:
                 mem.append(server.memory_mb())
 
         threading.Thread(target=sample, daemon=True).start()
-        r = asyncio.run(closed_loop(server.url + path, field, body, args.clients, args.seconds))
+        r = asyncio.run(closed_loop(server.url + path, field, body, args.clients, args.seconds, not args.ignore_retry_after))
         stop.set()
         time.sleep(2)
         idle_after = asyncio.run(closed_loop(server.url + path, field, body, 1, 5))
         pss, rss = [m[0] for m in mem], [m[1] for m in mem]
         third = max(1, len(pss) // 3)
-        print(f"{args.clients} closed-loop clients for {args.seconds:.0f} s ({args.config}):")
+        print(f"{args.clients} closed-loop clients for {args.seconds:.0f} s ({args.config}; "
+              f"{'ignoring' if args.ignore_retry_after else 'honouring'} Retry-After):")  # fmt: skip
         print(f"- answers: {r['codes']} ({r['req_s']:.0f} req/s served), 503s without Retry-After: {r['retry_after_missing']}")
         print(f"- latency p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms")
         print(f"- server memory (PSS, all processes): first third mean {statistics.mean(pss[:third]):.0f} MB, last third mean "
@@ -283,6 +293,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=200)
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--config", default=DEFAULT, choices=list(CONFIGS))
+    p.add_argument("--ignore-retry-after", action="store_true", help="clients retry a 503 at once (a retry storm)")
     p.set_defaults(fn=flood)
     args = ap.parse_args()
     args.fn(args)

@@ -306,7 +306,7 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     model: Annotated[str, typer.Option(help="registered model URI")] = "models:/visionflow-classifier@champion",
     poll: Annotated[float, typer.Option(help="seconds between alias checks (hot swap)")] = 5.0,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="worker processes [default 2]")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="worker processes [default 1]")] = None,
     batching: Annotated[Optional[bool], typer.Option("--batching/--no-batching", help="adaptive batching of concurrent requests [default on]")] = None,
     max_batch_size: Annotated[Optional[int], typer.Option(min=1, help="images per batched forward pass [default 32]")] = None,
     max_latency_ms: Annotated[Optional[int], typer.Option(min=1, help="batching latency budget, ms [default 500]")] = None,

@@ -32,7 +32,7 @@ class Settings:
     max_bytes: int = 10 * 1024 * 1024
     max_generate: int = 64
     # process shape, measured side by side in benchmarks/bench_serving.py (README: Serving numbers)
-    workers: int = 2
+    workers: int = 1  # 2 serve more (see README) but pass 1.5 GB under a 200-client flood
     max_in_flight: int = 32  # per worker; beyond it a 503 with Retry-After (load shedding)
     batching: bool = True  # concurrent requests share one forward pass (BentoML batchable APIs)
     max_batch_size: int = 32
