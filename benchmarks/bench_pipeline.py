@@ -75,7 +75,7 @@ def instrument() -> None:
     for mod_name in FLOW_MODULES:  # names the flows imported directly (`from … import write_report`)
         mod = importlib.import_module(mod_name)
         for name, obj in vars(mod).copy().items():
-            if obj in originals:
+            if inspect.isfunction(obj) and obj in originals:
                 setattr(mod, name, originals[obj])
 
 
