@@ -69,6 +69,10 @@ class Visionflow:
         for slot in filter(None, (self.classifier, self.generator)):
             slot.refresh()  # load + warm before the first request
         self._stop = start_poller([s for s in (self.classifier, self.generator) if s], self.settings.poll_seconds)
+        import gc
+
+        gc.collect()
+        gc.freeze()  # the ~1M long-lived objects of torch/mlflow/the model leave the GC's scans: no long pauses
 
     def _model(self):
         current = self.classifier.current
