@@ -32,11 +32,11 @@ class Settings:
     max_bytes: int = 10 * 1024 * 1024
     max_generate: int = 64
     # process shape, measured side by side in benchmarks/bench_serving.py (README: Serving numbers)
-    workers: int = 1  # 2 serve more (see README) but pass 1.5 GB under a 200-client flood
+    workers: int = 1  # 2 serve ~1.5x more (README) but reach ~1.47 GB under a 200-client flood
     max_in_flight: int = 32  # per worker; beyond it a 503 with Retry-After (load shedding)
     batching: bool = True  # concurrent requests share one forward pass (BentoML batchable APIs)
     max_batch_size: int = 32
-    max_latency_ms: int = 500  # BentoML's dispatcher answers 503 (no Retry-After) when it expects to miss this
+    max_latency_ms: int = 500  # BentoML's dispatcher sheds (503) a request it expects to miss this for
     batch_wait_ms: float = 1.0  # longest a request waits for others to join its batch (cap_batch_wait)
     access_log: bool = False  # one log line per request costs throughput; on for debugging
     torch_threads: int = 1  # small models: one intra-op thread leaves the other core to HTTP
