@@ -9,7 +9,7 @@
 - GET  /metadata        the model, its metrics and full lineage
 The model version is in every answer and in the `X-Model-Version` header. When the alias moves, a
 poller loads and warms the new version, then swaps it in: no restart, no failed request.
-Settings come from the environment (see serving/runtime.py: VISIONFLOW_MODEL_URI, ...).
+Settings come from the environment (serving/settings.py: VISIONFLOW_MODEL_URI, VISIONFLOW_BATCHING, ...).
 """
 
 from __future__ import annotations
