@@ -88,9 +88,8 @@ def train_one_epoch(
     model.train()
     order = torch.randperm(len(data), generator=gen)
     rank, world = dist_rank_world()
-    if world > 1:  # DDP: every rank draws the same order and takes an equal, disjoint share of it
-        order = order[: len(order) - len(order) % world][rank::world]
-        batch_size = max(1, batch_size // world)  # the same global batch as one process
+    per_rank, batch_size = rank_share(len(order), batch_size, world)
+    order = order[: per_rank * world][rank::world]  # DDP: every rank draws the same order, takes its share
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     for i in range(0, len(order), batch_size):
@@ -135,6 +134,13 @@ def _from_rank0(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.broadcast(t, 0)
     return bool(t.item())
+
+
+def rank_share(n: int, batch_size: int, world: int) -> tuple[int, int]:
+    """(samples per rank, batch per rank) of an epoch of n samples over `world` DDP ranks: equal,
+    disjoint shares in batches of batch_size // world (the same global batch as one process).
+    One process: (n, batch_size)."""
+    return (n - n % world) // world, max(1, batch_size // world)
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -223,7 +229,7 @@ def fit(
         step_model = DistributedDataParallel(step_model, device_ids=[device.index or 0] if device.type == "cuda" else None)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_rank, rank_batch = (len(train) - len(train) % world) // world, max(1, cfg.batch_size // world)
+    per_rank, rank_batch = rank_share(len(train), cfg.batch_size, world)  # the same split as train_one_epoch
     steps = sum(1 for i in range(0, per_rank, rank_batch) if per_rank - i >= 2)
     scheduler = _scheduler(optimizer, cfg, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
