@@ -168,6 +168,9 @@ class TrackingConfig(_Strict):
 class SelectionConfig(_Strict):
     margin: float = Field(0.0, ge=0, le=1, description="min test-accuracy gain over the champion")
     alpha: float = Field(0.05, gt=0, lt=1, description="McNemar significance level")
+    on_class_change: Literal["promote", "hold"] = Field(
+        "promote", description="new model trained on another class set: promote it (new data defines the task) or hold the champion (new model → challenger)"
+    )
 
 
 class ScheduleConfig(_Strict):

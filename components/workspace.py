@@ -37,6 +37,11 @@ class Workspace:
             home = root / home
         return cls(root=root, home=home.resolve())
 
+    @classmethod
+    def for_config(cls, root: str | Path, cfg) -> "Workspace":
+        """The workspace a resolved Config names (`workspace:` in params.yaml; VISIONFLOW_HOME wins)."""
+        return cls.at(root, home=os.environ.get("VISIONFLOW_HOME") or cfg.workspace)
+
     def data_dir(self, name: str = "data") -> Path:
         return self.root / name
 
@@ -85,6 +90,11 @@ class Workspace:
                 "TORCH_HOME": str(self.home / "torch"),
                 # The first ephemeral start creates Prefect's database (~10-30 s on 2 cores).
                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+                # Registry/tracking calls to a server: MLflow retries with backoff (1, 2, 4 s), then
+                # the call fails and the run with it (never read as "no alias").
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
                 # GX writes nothing to home in ephemeral mode; keep its analytics off as well.
             }
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -30,7 +31,7 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _setup(root: Path, profile: str, overrides: list[str] | None):
-    """Resolve the config (fail before any work), then point every tool's state into the workspace."""
+    """Resolve the config once (fail before any work), then point every tool's state into the workspace."""
     from components.config import ConfigError, load_config
     from components.workspace import Workspace
 
@@ -38,9 +39,30 @@ def _setup(root: Path, profile: str, overrides: list[str] | None):
         cfg = load_config(root / "params.yaml", profile, overrides or [])
     except ConfigError as exc:
         _fail(str(exc), 2)
-    ws = Workspace.at(root, home=None if cfg.workspace == ".visionflow" else cfg.workspace)
+    ws = Workspace.for_config(root, cfg)
     ws.activate()
     return cfg, ws
+
+
+WaitOpt = Annotated[bool, typer.Option("--wait", help="if another run/ingest/retrain holds the workspace, wait for it instead of exiting")]
+
+
+@contextmanager
+def _writer(ws, command: str, wait: bool):
+    """One writer per workspace (components/locking.py); SIGTERM stops the command as Ctrl-C does."""
+    from components.locking import WorkspaceBusy, workspace_lock
+    from components.process import stop_on_sigterm
+
+    stop_on_sigterm()
+    try:
+        with workspace_lock(ws.home, command, wait=-1 if wait else 0, on_wait=lambda m: typer.echo(m, err=True)) as note:
+            if note:
+                typer.echo(note, err=True)
+            yield
+    except WorkspaceBusy as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt as exc:
+        _fail(f"{command} stopped ({exc or 'Ctrl-C'}); open MLflow runs were marked KILLED, no alias moved, the lock is released", 130)
 
 
 def _result_or_fail(state):
@@ -54,15 +76,13 @@ def _result_or_fail(state):
     return state.result()
 
 
-def _run_data_flow(root: Path, profile: str, overrides: list[str] | None, source: str | None):
+def _run_data_flow(root: Path, profile: str, overrides: list[str] | None, source: str | None, wait: bool = False):
     cfg, ws = _setup(root, profile, overrides)
-    from flows.data_flow import data_flow
+    with _writer(ws, "visionflow ingest", wait):
+        from flows.data_flow import data_flow
 
-    state = data_flow(
-        root=str(ws.root), profile=profile, overrides=overrides or [], source=source,
-        progress=sys.stderr.isatty(), return_state=True,
-    )  # fmt: skip
-    return _result_or_fail(state)
+        state = data_flow(root=str(ws.root), profile=profile, source=source, cfg=cfg, progress=sys.stderr.isatty(), return_state=True)
+        return _result_or_fail(state)
 
 
 def _print_data_result(result) -> None:
@@ -81,10 +101,11 @@ def ingest(
     source: Annotated[Optional[str], typer.Option("--source", help="folder of class sub-folders (default: params.yaml data.source)")] = None,
     profile: ProfileOpt = "default",
     set_: SetOpt = None,
+    wait: WaitOpt = False,
     root: RootOpt = Path("."),
 ) -> None:
     """Ingest a dataset into data/, validate it (Great Expectations) and version it (DVC)."""
-    _print_data_result(_run_data_flow(root, profile, set_, source))
+    _print_data_result(_run_data_flow(root, profile, set_, source, wait))
 
 
 @app.command()
@@ -144,13 +165,15 @@ def data_pull(root: RootOpt = Path(".")) -> None:
 def run(
     profile: ProfileOpt = "default",
     set_: SetOpt = None,
-    source: Annotated[Optional[str], typer.Option("--source", help="image folder instead of params.yaml data.source")] = None,
+    source: Annotated[Optional[str], typer.Option("--source", help="ingest this image folder first (a new data version), then train on it")] = None,
+    data_version: Annotated[Optional[str], typer.Option("--data-version", help="train on an earlier data version: its DVC md5 or a git revision of data.dvc")] = None,
     force: Annotated[bool, typer.Option("--force", help="retrain even when data and config are unchanged")] = False,
+    wait: WaitOpt = False,
     task_runner: Annotated[Optional[str], typer.Option("--task-runner", help="thread (default) or dask: where the families train")] = None,
     dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="tcp://host:8786 of a Dask scheduler (implies --task-runner dask); none: a LocalCluster")] = None,
     root: RootOpt = Path("."),
 ) -> None:
-    """The main job (`make run`): data → train every family → evaluate → MLflow → champion → Bento."""
+    """The main job (`make run`): train every family on the checked-out data version → evaluate → MLflow → champion → Bento."""
     overrides = list(set_ or [])
     if task_runner or dask_address:
         overrides.append(f"orchestration.task_runner={task_runner or 'dask'}")
@@ -163,9 +186,9 @@ def run(
     from flows.training_pipeline import training_pipeline
 
     pipeline = training_pipeline.with_options(task_runner=task_runner_for(cfg.orchestration))
-    with shared_prefect_api(cfg.orchestration):
-        state = pipeline(root=str(ws.root), profile=profile, overrides=overrides, source=source, force=force, return_state=True)
-    res = _result_or_fail(state)
+    with _writer(ws, f"visionflow run ({profile})", wait), shared_prefect_api(cfg.orchestration):
+        state = pipeline(root=str(ws.root), profile=profile, cfg=cfg, source=source, data_version=data_version, force=force, return_state=True)
+        res = _result_or_fail(state)
     out = Console(soft_wrap=True)
     out.print(res.table)
     if res.cached:
@@ -193,7 +216,7 @@ def train_ddp(
     root: RootOpt = Path("."),
 ) -> None:
     """Train one family on several processes/GPUs with torchrun (DDP: NCCL on GPUs, gloo on CPUs)."""
-    import subprocess
+    from components.process import run_server
 
     cfg, _ = _setup(root, profile, set_)  # a bad knob or family fails here, once, not in every rank
     if family not in cfg.models.classifiers():
@@ -202,7 +225,7 @@ def train_ddp(
            "-m", "components.training.ddp", "--family", family, "--profile", profile, "--root", str(root)]  # fmt: skip
     for item in set_ or []:
         cmd += ["--set", item]
-    raise typer.Exit(subprocess.call(cmd))
+    raise typer.Exit(run_server(cmd))  # signals reach torchrun and every rank
 
 
 @app.command()
@@ -212,7 +235,6 @@ def ui(
 ) -> None:
     """Start the MLflow UI on 127.0.0.1 over the workspace's store and print the URL."""
     import os
-    import subprocess
 
     cfg, ws = _setup(root, "default", None)
     from components.tracking import mlflow_store as store
@@ -225,7 +247,9 @@ def ui(
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--default-artifact-root",
            (ws.mlflow_dir / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    raise typer.Exit(subprocess.call(cmd, env=env))
+    from components.process import run_server
+
+    raise typer.Exit(run_server(cmd, env=env))  # SIGTERM/SIGINT reach the whole server process group
 
 
 @app.command()
@@ -264,14 +288,16 @@ def retrain(
     set_: SetOpt = None,
     source: Annotated[Optional[str], typer.Option("--source", help="image folder (default: params.yaml data.source)")] = None,
     force: Annotated[bool, typer.Option("--force", help="retrain even without a data change or drift")] = False,
+    wait: WaitOpt = False,
     root: RootOpt = Path("."),
 ) -> None:
     """One maintenance pass now: ingest, drift check against the champion, retrain if needed."""
     cfg, ws = _setup(root, profile, set_)
-    from flows.retrain import retrain_flow
+    with _writer(ws, "visionflow retrain", wait):
+        from flows.retrain import retrain_flow
 
-    state = retrain_flow(root=str(ws.root), profile=profile, overrides=set_ or [], source=source, force=force, return_state=True)
-    res = _result_or_fail(state)
+        state = retrain_flow(root=str(ws.root), profile=profile, cfg=cfg, source=source, force=force, return_state=True)
+        res = _result_or_fail(state)
     typer.echo(f"retrained    : {'yes' if res['retrained'] else 'no'} ({res['reason']})")
     for k, v in res["metrics"].items():
         typer.echo(f"  {k:<24} {v:.4f}")
@@ -315,7 +341,6 @@ def serve(
 ) -> None:
     """Serve the champion over HTTP (BentoML); switches models when the alias moves."""
     import os
-    import subprocess
 
     cfg, ws = _setup(root, "default", None)
     from components.tracking import mlflow_store as store
@@ -328,7 +353,9 @@ def serve(
     env.update({k: str(v) for k, v in shape.items() if v is not None})
     typer.echo(f"serving {model} from {uri} on http://{host}:{port}  (ready when GET /healthz is 200)")
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:Visionflow", "--host", host, "--port", str(port)]
-    raise typer.Exit(subprocess.call(cmd, env=env, cwd=ws.root))
+    from components.process import run_server
+
+    raise typer.Exit(run_server(cmd, env=env, cwd=str(ws.root)))  # SIGTERM/SIGINT reach the whole server process group
 
 
 @app.command()

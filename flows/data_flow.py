@@ -7,7 +7,9 @@ left in `.visionflow/staging/rejected/` for inspection; `data/` and `data.dvc` s
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from prefect.states import Failed
 from components.config import Config, load_config
 from components.data import ingest as ingest_mod
 from components.data import validation, versioning
+from components.locking import workspace_lock
 from components.workspace import Workspace
 
 
@@ -62,12 +65,18 @@ def validate_task(data_dir: str, cfg: Config, docs_dir: str, report_file: str) -
 
 
 @task(name="version", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)  # I/O: a retry can help
-def version_task(root: str, staged: str, data_name: str, remote_url: str | None) -> str:
-    ws = Workspace.at(root)
+def version_task(root: str, staged: str, data_name: str, remote_url: str | None, home: str) -> str:
+    ws = Workspace.at(root, home)
     versioning.ensure_repo(ws, remote_url)
     if Path(staged).exists():
         versioning.install_dataset(ws, Path(staged), data_name)
     return versioning.add_and_push(ws, data_name)
+
+
+def resolve(root: str, profile: str, overrides: list[str] | None, cfg: Config | None) -> tuple[Config, Workspace]:
+    """The flows' one config: the caller's resolved Config, or params.yaml + profile + overrides once."""
+    cfg = cfg or load_config(Path(root).resolve() / "params.yaml", profile, overrides or [])
+    return cfg, Workspace.for_config(root, cfg)
 
 
 @flow(name="data_flow", log_prints=True)
@@ -77,24 +86,32 @@ def data_flow(
     overrides: list[str] | None = None,
     source: str | None = None,
     progress: bool = False,
+    cfg: Config | None = None,
 ):
-    """Ingest → validate → version. Returns a DataFlowResult, or a Failed state naming what was wrong."""
-    ws = Workspace.at(root)
-    cfg = load_config(ws.root / "params.yaml", profile, overrides or [])
-    staging = ws.staging_dir / "incoming"
-    facts = ingest_task(source or cfg.data.source, str(staging), cfg, progress)
-    report = validate_task(
-        str(staging), cfg, str(ws.data_docs_dir), str(ws.reports_dir / "validation.json")
-    )
-    if not report.success:
-        rejected = ws.staging_dir / "rejected"
-        shutil.rmtree(rejected, ignore_errors=True)
-        staging.rename(rejected)
-        lines = [report.summary().replace(str(staging), str(rejected))]
-        lines += [f"  - {f.line()}" for f in report.failures]
-        lines.append(f"  nothing was versioned; data/ is unchanged. Inspect {rejected}, fix the source, re-run.")
-        return Failed(message="\n".join(lines))
-    version = version_task(str(ws.root), str(staging), cfg.data.dir, cfg.data.dvc_remote)
+    """Ingest → validate → version. Returns a DataFlowResult, or a Failed state naming what was wrong.
+
+    Holds the workspace lock (one writer at a time); the staging folder is this run's own."""
+    cfg, ws = resolve(root, profile, overrides, cfg)
+    with workspace_lock(ws.home, "visionflow ingest", wait=-1, on_wait=get_run_logger().warning):
+        return _data_flow(ws, cfg, source, progress)
+
+
+def _data_flow(ws: Workspace, cfg: Config, source: str | None, progress: bool):
+    staging = ws.staging_dir / f"incoming-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        facts = ingest_task(source or cfg.data.source, str(staging), cfg, progress)
+        report = validate_task(str(staging), cfg, str(ws.data_docs_dir), str(ws.reports_dir / "validation.json"))
+        if not report.success:
+            rejected = ws.staging_dir / "rejected"
+            shutil.rmtree(rejected, ignore_errors=True)
+            staging.rename(rejected)
+            lines = [report.summary().replace(str(staging), str(rejected))]
+            lines += [f"  - {f.line()}" for f in report.failures]
+            lines.append(f"  nothing was versioned; data/ is unchanged. Inspect {rejected}, fix the source, re-run.")
+            return Failed(message="\n".join(lines))
+        version = version_task(str(ws.root), str(staging), cfg.data.dir, cfg.data.dvc_remote, str(ws.home))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # a crash or Ctrl-C leaves no staging behind
     return DataFlowResult(
         data_version=version,
         data_dir=str(ws.data_dir(cfg.data.dir)),

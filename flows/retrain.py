@@ -16,19 +16,19 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from components.config import load_config
-from components.data.datasets import DatasetSpec, load_dataset, load_split
+from components.config import Config
+from components.data.datasets import load_dataset, load_split
 from components.evaluation.drift import data_stats, drift_report
 from components.tracking import mlflow_store as store
 from components.workspace import Workspace
-from flows.data_flow import data_flow
+from components.locking import workspace_lock
+from flows.data_flow import data_flow, resolve
 from flows.training_pipeline import training_pipeline
 
 
 @task(name="drift-check", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)
-def drift_task(root: str, profile: str, overrides: list[str], data_version: str, force: bool) -> dict:
-    ws = Workspace.at(root)
-    cfg = load_config(ws.root / "params.yaml", profile, overrides)
+def drift_task(root: str, cfg: Config, data_version: str, force: bool) -> dict:
+    ws = Workspace.for_config(root, cfg)
     store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
     champion = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION)
     if champion is None:
@@ -44,11 +44,7 @@ def drift_task(root: str, profile: str, overrides: list[str], data_version: str,
     try:
         with tempfile.TemporaryDirectory() as tmp:
             old_stats = json.loads(Path(c.download_artifacts(parent, "data_stats.json", tmp)).read_text())
-        import mlflow
-
-        uri = f"models:/{store.CLASSIFIER_MODEL}/{champion}"
-        model = mlflow.pytorch.load_model(uri, map_location="cpu").eval()
-        cspec = DatasetSpec.from_json(json.dumps(mlflow.models.get_model_info(uri).metadata["visionflow_spec"]))
+        model, cspec = store.load_logged_model(f"models:/{store.CLASSIFIER_MODEL}/{champion}")
         new_eval = load_split(data_dir, "val", cspec.in_channels, cspec.image_size)
         report = drift_report(old_stats, new_stats, model, cspec, new_eval)
         metrics = report.as_metrics()
@@ -69,14 +65,20 @@ def drift_task(root: str, profile: str, overrides: list[str], data_version: str,
 
 
 @flow(name="retrain_flow")
-def retrain_flow(root: str = ".", profile: str = "default", overrides: list[str] | None = None, source: str | None = None, force: bool = False):
-    ws = Workspace.at(root)
-    overrides = overrides or []
-    state = data_flow(root=str(ws.root), profile=profile, overrides=overrides, source=source, return_state=True)
+def retrain_flow(root: str = ".", profile: str = "default", overrides: list[str] | None = None, source: str | None = None, force: bool = False,
+                 cfg: Config | None = None):  # fmt: skip
+    """Holds the workspace lock for the whole pass (a scheduled run waits for a manual one)."""
+    cfg, ws = resolve(root, profile, overrides, cfg)
+    with workspace_lock(ws.home, "visionflow retrain", wait=-1, on_wait=get_run_logger().warning):
+        return _retrain(ws, cfg, profile, source, force)
+
+
+def _retrain(ws: Workspace, cfg: Config, profile: str, source: str | None, force: bool):
+    state = data_flow(root=str(ws.root), profile=profile, source=source, cfg=cfg, return_state=True)
     if state.is_failed():
         return Failed(message=state.message)
     data = state.result()
-    decision = drift_task(str(ws.root), profile, overrides, data.data_version, force)
+    decision = drift_task(str(ws.root), cfg, data.data_version, force)
     lines = "\n".join(f"| {k} | {v:.4f} |" for k, v in decision["metrics"].items())
     create_markdown_artifact(
         key="retrain-decision",
@@ -86,7 +88,6 @@ def retrain_flow(root: str = ".", profile: str = "default", overrides: list[str]
     get_run_logger().info("retrain: %s (%s)", decision["retrain"], decision["reason"])
     if not decision["retrain"]:
         return {"retrained": False, "reason": decision["reason"], "metrics": decision["metrics"]}
-    result = training_pipeline(root=str(ws.root), profile=profile, overrides=overrides, ingest=False, force=force,
-                               retrain_reason=decision["reason"], drift=decision["metrics"])  # fmt: skip
+    result = training_pipeline(root=str(ws.root), profile=profile, cfg=cfg, force=force, retrain_reason=decision["reason"], drift=decision["metrics"])
     return {"retrained": True, "reason": decision["reason"], "metrics": decision["metrics"], "parent_run_id": result.parent_run_id,
             "champion": result.champion, "decision": result.decision}  # fmt: skip

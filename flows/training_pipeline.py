@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -22,17 +23,19 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from components.config import Config, load_config
+from components.config import Config
 from components.data import versioning
 from components.data.datasets import DatasetSpec
 from components.evaluation import evaluate as ev
 from components.evaluation.report import markdown_table, write_report
+from components.lineage import code_version
 from components.models import family_of
 from components.tracking import mlflow_store as store
-from components.tracking.selection import gate
+from components.tracking import promotion
 from components.training import runner
 from components.workspace import Workspace
-from flows.data_flow import DataFlowResult, data_flow
+from components.locking import workspace_lock
+from flows.data_flow import DataFlowResult, data_flow, resolve
 
 
 @dataclass
@@ -50,6 +53,7 @@ class PipelineResult:
     seconds: float = 0.0
     bento: str | None = None
     cached: list[str] = field(default_factory=list)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # test metrics per model
 
 
 def _input_example(spec: DatasetSpec):
@@ -60,8 +64,9 @@ def _input_example(spec: DatasetSpec):
 
 
 def family_cache_key(key: str, fam, cfg: Config, data_version: str) -> str:
-    """data version + the family's resolved config (+ engine): the same key → the same model."""
-    blob = json.dumps({"family": fam.model_dump(mode="json"), "engine": cfg.engine.model_dump(mode="json", exclude={"progress"})}, sort_keys=True)
+    """data version + the family's resolved config (+ engine) + the code's version: the same key → the same model."""
+    blob = json.dumps({"family": fam.model_dump(mode="json"), "engine": cfg.engine.model_dump(mode="json", exclude={"progress"}),
+                       "code": code_version()}, sort_keys=True)  # fmt: skip
     return f"{key}-{data_version[:12]}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
@@ -83,32 +88,63 @@ def _family_params(fam) -> dict[str, str]:
     return store.flatten({"model": fam.model, "hparams": fam.hparams, "train": fam.train.model_dump()})
 
 
+def _resume_point(out: Path, key: str, fresh: bool) -> int | None:
+    """The epoch an interrupted training of this exact cache key reached (its last.pt), or None.
+    `fresh` (--force) starts over. The key holds data, config and code versions, so a checkpoint
+    under it is always from the same recipe."""
+    work = out / key
+    if fresh:
+        shutil.rmtree(work, ignore_errors=True)
+        return None
+    last = work / "checkpoints" / "last.pt"
+    if not last.exists():
+        return None
+    import torch
+
+    try:
+        return int(torch.load(last, map_location="cpu", weights_only=False)["epoch"])
+    except Exception:  # noqa: BLE001 - a checkpoint that cannot be read is no resume point
+        last.unlink(missing_ok=True)
+        return None
+
+
 @task(name="train-classifier", cache_key_fn=_by_cache_key, persist_result=True)
-def train_classifier_task(key: str, cfg: Config, data_dir: str, models_dir: str, cache_key: str, tracking_uri: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
+def train_classifier_task(key: str, cfg: Config, data_dir: str, models_dir: str, cache_key: str, tracking_uri: str, exp_id: str, parent_id: str, lineage: dict,
+                          fresh: bool = False) -> dict:  # fmt: skip
     store.use_tracking_uri(tracking_uri)  # this may run in another process (Dask worker)
     fam = cfg.models.classifiers()[key]
+    out = Path(models_dir) / cache_key
+    resumed = _resume_point(out, key, fresh)
     tags = {**lineage, "family": family_of(fam.model), "model": fam.model, "cache_key": cache_key, "trained_on": _this_process()}
+    if resumed is not None:
+        tags["resumed_after_epoch"] = str(resumed)
+        get_run_logger().info("%s: resuming from the checkpoint of an interrupted run (epoch %d done, continuing at epoch %d)", key, resumed + 1, resumed + 2)
     run_id = store.start_run(exp_id, key, tags, _family_params(fam), parent_id)
     import mlflow
 
     with mlflow.start_run(run_id=run_id, log_system_metrics=True):
-        result = runner.train_classifier(key, fam, cfg.engine, Path(data_dir), Path(models_dir) / cache_key, on_epoch_end=store.EpochLogger(run_id))
+        result = runner.train_classifier(key, fam, cfg.engine, Path(data_dir), out, resume=resumed is not None, on_epoch_end=store.EpochLogger(run_id))
     store.log_metrics(run_id, {"val_acc": result["val_acc"], "best_epoch": result["best_epoch"], "train_seconds": result["train_seconds"], "train_img_per_s": result["img_per_s"]})
     get_run_logger().info("%s: val acc %.4f after %d epochs (%.0fs)", key, result["val_acc"], result["epochs_run"], result["train_seconds"])
     return {**{k: v for k, v in result.items() if k != "history"}, "run_id": run_id, "parent_id": parent_id, "cache_key": cache_key}
 
 
 @task(name="train-gan", cache_key_fn=_by_cache_key, persist_result=True)
-def train_gan_task(cfg: Config, data_dir: str, models_dir: str, cache_key: str, tracking_uri: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
+def train_gan_task(cfg: Config, data_dir: str, models_dir: str, cache_key: str, tracking_uri: str, exp_id: str, parent_id: str, lineage: dict,
+                   fresh: bool = False) -> dict:  # fmt: skip
     store.use_tracking_uri(tracking_uri)
     fam = cfg.models.gan
+    out = Path(models_dir) / cache_key
+    resumed = _resume_point(out, "gan", fresh)
     tags = {**lineage, "family": "gan", "model": fam.model, "cache_key": cache_key, "trained_on": _this_process()}
+    if resumed is not None:
+        tags["resumed_after_epoch"] = str(resumed)
+        get_run_logger().info("gan: resuming from the checkpoint of an interrupted run (epoch %d done, continuing at epoch %d)", resumed + 1, resumed + 2)
     run_id = store.start_run(exp_id, "gan", tags, _family_params(fam), parent_id)
     import mlflow
 
-    out = Path(models_dir) / cache_key
     with mlflow.start_run(run_id=run_id, log_system_metrics=True):
-        result = runner.train_gan(fam, cfg.engine, Path(data_dir), out, on_epoch_end=store.EpochLogger(run_id))
+        result = runner.train_gan(fam, cfg.engine, Path(data_dir), out, resume=resumed is not None, on_epoch_end=store.EpochLogger(run_id))
     history_path = out / "gan" / "history.json"
     history_path.write_text(json.dumps(result["history"]))
     return {**{k: v for k, v in result.items() if k != "history"}, "run_id": run_id, "history_path": str(history_path),
@@ -176,70 +212,59 @@ def report_task(rows: list[dict], images: dict[str, list[str]], notes: list[str]
     return str(html)
 
 
-@task(name="register-and-select", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)
-def register_task(evals: list[dict], gan_eval: dict | None, cfg: Config, data_dir: str, lineage: dict, parent_id: str) -> dict:
-    """Register every model, then gate the best-on-validation classifier against the champion."""
-    import mlflow
-
-    versions: dict[str, str] = {}
-    for e in evals:
-        tags = {**lineage, "run_id": e["run_id"], "family": e["row"]["family"], "evaluated": "true", "data_validated": "true",
-                "test_accuracy": f"{e['metrics']['accuracy']:.6f}", "val_accuracy": f"{e['val_acc']:.6f}", "task": "classification"}  # fmt: skip
-        versions[e["key"]] = store.register_version(e["model_uri"], store.registered_name(e["key"]), tags)
-    best = max(evals, key=lambda e: e["val_acc"])  # chosen on validation only
-    challenger_correct = json.loads(Path(best["correct_path"]).read_text())["correct"]
-    champion_version = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION)
-    champion_correct = None
-    if champion_version is not None:
-        try:
-            champion_correct = ev.paired_correct(f"models:/{store.CLASSIFIER_MODEL}@{store.CHAMPION}", Path(data_dir), _load_registered)
-        except ValueError as exc:  # e.g. a different class set: not comparable, the new data decides
-            get_run_logger().warning("current champion not comparable on this data: %s", exc)
-    decision = gate(challenger_correct, champion_correct, margin=cfg.selection.margin, alpha=cfg.selection.alpha)
-    tags = {**lineage, "run_id": best["run_id"], "family": best["row"]["family"], "model_key": best["key"], "evaluated": "true",
-            "data_validated": "true", "test_accuracy": f"{best['metrics']['accuracy']:.6f}", "val_accuracy": f"{best['val_acc']:.6f}",
-            "task": "classification", "registered_from": f"{store.registered_name(best['key'])}/{versions[best['key']]}"}  # fmt: skip
-    version = store.register_version(best["model_uri"], store.CLASSIFIER_MODEL, tags)
-    alias = store.CHAMPION if decision.promote else store.CHALLENGER
-    store.set_alias(store.CLASSIFIER_MODEL, alias, version, reason=decision.reason)
-    generator_version = None
+@task(name="register", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)  # idempotent: a retry finds its versions
+def register_task(evals: list[dict], gan_eval: dict | None, lineage: dict) -> promotion.Registration:
+    gen = None
     if gan_eval is not None:
-        gtags = {**lineage, "run_id": gan_eval["run_id"], "family": "gan", "evaluated": "true", "data_validated": "true",
-                 "gan_test": f"{gan_eval['metrics']['gan_test']:.6f}", "gan_train": f"{gan_eval['metrics']['gan_train']:.6f}", "task": "generation"}  # fmt: skip
-        generator_version = store.register_version(gan_eval["model_uri"], store.GENERATOR_MODEL, gtags)
-        # the best generator by GAN-test keeps the alias
-        current = store.alias_version(store.GENERATOR_MODEL, store.GENERATOR)
-        current_score = float(store.client().get_model_version(store.GENERATOR_MODEL, current).tags.get("gan_test", -1)) if current else -1.0
-        if gan_eval["metrics"]["gan_test"] > current_score:
-            store.set_alias(store.GENERATOR_MODEL, store.GENERATOR, generator_version, reason=f"GAN-test {gan_eval['metrics']['gan_test']:.4f} > {current_score:.4f}")
-    summary = {"decision": decision.reason, "promoted": decision.promote, "alias": alias, "best": best["key"],
-               "classifier_version": version, "p_value": decision.p_value, "challenger_accuracy": decision.challenger_accuracy,
-               "champion_accuracy": decision.champion_accuracy, "generator_version": generator_version, "versions": versions}  # fmt: skip
-    with mlflow.start_run(run_id=parent_id):
-        mlflow.log_dict(summary, "selection.json")
-    store.client().set_tag(parent_id, "selection", decision.reason[:5000])
-    return summary
+        gen = promotion.GeneratorCandidate(gan_eval["run_id"], gan_eval["model_uri"], gan_eval["metrics"]["gan_test"], gan_eval["metrics"]["gan_train"])
+    return promotion.register_candidates([promotion.Candidate.from_eval(e) for e in evals], gen, lineage)
 
 
-def _load_registered(uri: str):
+@task(name="select", cache_policy=NO_CACHE)
+def select_task(registration: promotion.Registration, cfg: Config, data_dir: str, classes: list[str]) -> promotion.SelectionDecision:
+    decision = promotion.decide(registration, Path(data_dir), cfg.selection, classes, store.load_logged_model, ev.paired_correct)
+    get_run_logger().info("selection: %s", decision.reason)
+    return decision
+
+
+@task(name="package", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)
+def package_task(root: str, cfg: Config, decision: promotion.SelectionDecision) -> dict:
+    """The Bento of the version that will serve, built and verified before any alias moves."""
+    from components.packaging.bento import package
+
+    gen = decision.generator_version if decision.promote_generator else None
+    res = package(Workspace.for_config(root, cfg), classifier_version=decision.serving_version, generator_version=gen)
+    return {"bento_tag": res.bento_tag, "models": res.model_tags, "dockerfile": str(res.dockerfile) if res.dockerfile else None}
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_task(decision: promotion.SelectionDecision, parent_id: str) -> None:
+    """Aliases move last: everything they promise (evaluation, Bento) exists by now."""
     import mlflow
 
-    model = mlflow.pytorch.load_model(uri, map_location="cpu")
-    spec = DatasetSpec.from_json(json.dumps(mlflow.models.get_model_info(uri).metadata["visionflow_spec"]))
-    return model.eval(), spec
+    with mlflow.start_run(run_id=parent_id):
+        mlflow.log_dict(decision.as_dict(), "selection.json")
+    store.client().set_tag(parent_id, "selection", decision.reason[:5000])
+    promotion.apply(decision)
+
+
+@task(name="check-out-data", cache_policy=NO_CACHE)
+def checkout_task(root: str, home: str, data_name: str, version: str) -> str:
+    return versioning.checkout(Workspace.at(root, home), version, data_name)
 
 
 @task(name="current-data", cache_policy=NO_CACHE)
-def current_data_task(root: str, data_name: str) -> DataFlowResult:
-    ws = Workspace.at(root)
+def current_data_task(root: str, home: str, data_name: str) -> DataFlowResult:
+    """The checked-out data version, as the data flow would describe it (validated when it was made)."""
+    ws = Workspace.at(root, home)
     st = versioning.status(ws, data_name)
     if st.version is None or not st.workspace_matches:
-        raise RuntimeError(f"{data_name}/ does not match {data_name}.dvc ({'; '.join(st.changes[:3])}); run `visionflow ingest`")
+        raise versioning.VersioningError(f"{data_name}/ does not match {data_name}.dvc ({'; '.join(st.changes[:3])}); run `visionflow ingest`")
     manifest = (ws.data_dir(data_name) / "manifest.csv").read_text().splitlines()
-    classes = json.loads((ws.data_dir(data_name) / "dataset.json").read_text())["classes"]
+    info = json.loads((ws.data_dir(data_name) / "dataset.json").read_text())
     docs = ws.data_docs_dir / "index.html"
-    return DataFlowResult(st.version, str(ws.data_dir(data_name)), len(manifest) - 1, classes, str(docs) if docs.exists() else None,
-                          f"data version {st.version} (validated by this run's data flow)", 0.0)  # fmt: skip
+    return DataFlowResult(st.version, str(ws.data_dir(data_name)), len(manifest) - 1, info["classes"], str(docs) if docs.exists() else None,
+                          f"data version {st.version} from {info.get('source', '?')} (validated when it was ingested)", 0.0)  # fmt: skip
 
 
 @task(name="data-stats", cache_policy=NO_CACHE)
@@ -254,35 +279,61 @@ def data_stats_task(data_dir: str, parent_id: str) -> dict:
     return stats
 
 
-@task(name="package", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)
-def package_task(root: str) -> dict:
-    from components.packaging.bento import package
-
-    res = package(Workspace.at(root))
-    return {"bento_tag": res.bento_tag, "models": res.model_tags, "dockerfile": str(res.dockerfile) if res.dockerfile else None}
+def _prepare_data(ws: Workspace, cfg: Config, profile: str, source: str | None, data_version: str | None):
+    """The data this run trains on (versioning.plan_data): a DataFlowResult, or a Failed state."""
+    log = get_run_logger()
+    plan = versioning.plan_data(ws, cfg.data.dir, source=source, data_version=data_version, default_source=cfg.data.source)
+    if plan.action == "checkout":
+        try:
+            checkout_task(str(ws.root), str(ws.home), cfg.data.dir, plan.version)
+        except versioning.VersioningError as exc:
+            if not plan.source:  # --data-version: that version or nothing
+                return Failed(message=str(exc))
+            log.warning("%s; re-creating it from %s (data.source)", exc, plan.source)
+            plan = versioning.DataPlan("ingest", plan.source, plan.version, f"re-create data version {plan.version} from {plan.source}")
+    if plan.action == "ingest":
+        state = data_flow(root=str(ws.root), profile=profile, source=plan.source, cfg=cfg, return_state=True)
+        if state.is_failed():
+            return Failed(message=state.message)  # bad data: nothing trains, nothing moves
+        data: DataFlowResult = state.result()
+        if plan.version and data.data_version != plan.version:
+            log.warning("%s gave data version %s, not %s (data.dvc now points at the new one)", plan.source, data.data_version, plan.version)
+    else:
+        data = current_data_task(str(ws.root), str(ws.home), cfg.data.dir)
+    log.info("training on data version %s: %d images, %d classes (%s)", data.data_version, data.n_images, len(data.classes), plan.reason)
+    return data
 
 
 @flow(name="training_pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def training_pipeline(root: str = ".", profile: str = "default", overrides: list[str] | None = None, source: str | None = None,
-                      force: bool = False, ingest: bool = True, retrain_reason: str | None = None,
-                      drift: dict[str, float] | None = None):  # fmt: skip
-    """`ingest=False`: data/ was just ingested and validated (by retrain_flow); use it as versioned."""
+                      force: bool = False, data_version: str | None = None, retrain_reason: str | None = None,
+                      drift: dict[str, float] | None = None, cfg: Config | None = None, promote: bool = True):  # fmt: skip
+    """Train on the checked-out data version (or `source`, ingested first; or `data_version`, checked
+    out first). `promote=False` (reproduce): train, evaluate and log, but register nothing."""
+    cfg, ws = resolve(root, profile, overrides, cfg)
+    with workspace_lock(ws.home, f"visionflow run ({profile})", wait=-1, on_wait=get_run_logger().warning):
+        return _pipeline(ws, cfg, profile, source, force, data_version, retrain_reason, drift, promote)
+
+
+def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, force: bool, data_version: str | None,
+              retrain_reason: str | None, drift: dict[str, float] | None, promote: bool):  # fmt: skip
     start = time.perf_counter()
-    ws = Workspace.at(root)
-    cfg = load_config(ws.root / "params.yaml", profile, overrides or [])
-    if ingest:
-        state = data_flow(root=str(ws.root), profile=profile, overrides=overrides or [], source=source, return_state=True)
-        if state.is_failed():
-            return Failed(message=state.message)  # bad data: nothing trains, nothing moves
-        data: DataFlowResult = state.result()
-    else:
-        data = current_data_task(str(ws.root), cfg.data.dir)
+    try:
+        data = _prepare_data(ws, cfg, profile, source, data_version)
+    except versioning.VersioningError as exc:
+        return Failed(message=str(exc))
+    if not isinstance(data, DataFlowResult):
+        return data
     data_dir = ws.data_dir(cfg.data.dir)
-    lineage = {"data_version": data.data_version, "params_hash": cfg.hash(), "git_commit": versioning.git_commit(ws.root) or "none", "profile": profile}
+    lineage = {"data_version": data.data_version, "params_hash": cfg.hash(), "git_commit": versioning.git_commit(ws.root) or "none",
+               "code_version": code_version(), "profile": profile}  # fmt: skip
     uri, exp_id = store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
-    parent = store.start_run(exp_id, f"pipeline-{profile}-{time.strftime('%Y%m%d-%H%M%S')}", lineage, store.flatten(cfg.model_dump(mode="json")))
+    store.mark_stale_runs(exp_id)
+    parent = store.start_run(exp_id, f"pipeline-{profile}-{time.strftime('%Y%m%d-%H%M%S')}", {**lineage, **store.process_tag()},
+                             store.flatten(cfg.model_dump(mode="json")))  # fmt: skip
     run_dir = ws.home / "runs" / parent
     try:
+        store.client().log_dict(parent, cfg.model_dump(mode="json"), "config.json")  # `visionflow reproduce` reads it back
         store.log_dataset(parent, data_dir / "manifest.csv", data.data_version, data_dir)
         data_stats_task(str(data_dir), parent)
         if retrain_reason:
@@ -295,13 +346,13 @@ def training_pipeline(root: str = ".", profile: str = "default", overrides: list
         keys = {k: family_cache_key(k, fam, cfg, data.data_version) for k, fam in cfg.models.classifiers().items()}
         futures = {
             k: train_classifier_task.with_options(task_run_name=f"train-{k}", refresh_cache=_must_retrain(force, models_dir, ck))
-            .submit(k, cfg, str(data_dir), models_dir, ck, uri, *run_args)
+            .submit(k, cfg, str(data_dir), models_dir, ck, uri, *run_args, fresh=force)
             for k, ck in keys.items()
         }  # fmt: skip
         gan_key = family_cache_key("gan", cfg.models.gan, cfg, data.data_version)
         gan_future = (
             train_gan_task.with_options(refresh_cache=_must_retrain(force, models_dir, gan_key))
-            .submit(cfg, str(data_dir), models_dir, gan_key, uri, *run_args)
+            .submit(cfg, str(data_dir), models_dir, gan_key, uri, *run_args, fresh=force)
             if cfg.models.gan.enabled else None
         )  # fmt: skip
         trained = {k: _adopt(f.result(), cfg, *run_args) for k, f in futures.items()}
@@ -316,24 +367,30 @@ def training_pipeline(root: str = ".", profile: str = "default", overrides: list
         rows = [e["row"] for e in evals] + ([gan_eval["row"]] if gan_eval else [])
         images = {e["key"]: e["images"] for e in evals + ([gan_eval] if gan_eval else [])}
         notes = [f"data version {data.data_version}; params hash {lineage['params_hash']}; MLflow parent run {parent}",
-                 "accuracy etc. on the test split; every choice (epochs, α, the best model) made on validation"]  # fmt: skip
+                 "accuracy etc. on the test split; the best model is chosen on validation, the champion gate compares on the test split"]  # fmt: skip
         if "decision_fusion" in trained:
             notes.append(f"decision fusion α={trained['decision_fusion']['alpha']:.2f} over {', '.join(cfg.models.decision_fusion.members)} (chosen on validation)")
         report = report_task(rows, images, notes, str(ws.reports_dir / parent), str(ws.reports_dir / "latest"), parent)
-        selection = register_task(evals, gan_eval, cfg, str(data_dir), lineage, parent)
-        bento = package_task(str(ws.root)) if cfg.packaging.enabled else None
-        if bento:
-            store.client().set_tag(parent, "bento", bento["bento_tag"])
-    except BaseException:
-        store.end_run(parent, ok=False)
+        selection, bento = None, None
+        if promote:
+            registration = register_task(evals, gan_eval, lineage)
+            selection = select_task(registration, cfg, str(data_dir), data.classes)
+            bento = package_task(str(ws.root), cfg, selection) if cfg.packaging.enabled else None
+            if bento:
+                store.client().set_tag(parent, "bento", bento["bento_tag"])
+            promote_task(selection, parent)  # aliases move last
+    except BaseException as exc:
+        store.end_run(parent, ok=False, killed=isinstance(exc, KeyboardInterrupt))
         raise
     store.end_run(parent, ok=True)
     table = markdown_table(rows)
-    _markdown_artifact(table, selection, uri, parent)
-    champion = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION)
+    if selection is not None:
+        _markdown_artifact(table, selection, uri, parent)
+    champion = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION) if promote else None
     cached = sorted(k for k, t in {**trained, **({"gan": gan_trained} if gan_trained else {})}.items() if t.get("cached"))
-    return PipelineResult(parent, data.data_version, report, table, champion, selection["decision"], selection["generator_version"],
-                          rows, uri, data.data_docs, time.perf_counter() - start, bento["bento_tag"] if bento else None, cached)  # fmt: skip
+    return PipelineResult(parent, data.data_version, report, table, champion, selection.reason if selection else "not registered (reproduction)",
+                          selection.generator_version if selection else None, rows, uri, data.data_docs, time.perf_counter() - start,
+                          bento["bento_tag"] if bento else None, cached, {e["key"]: e["metrics"] for e in evals})  # fmt: skip
 
 
 def _adopt(trained: dict, cfg: Config, exp_id: str, parent: str, lineage: dict) -> dict:
@@ -343,8 +400,8 @@ def _adopt(trained: dict, cfg: Config, exp_id: str, parent: str, lineage: dict) 
     return adopt_cached_task(trained, cfg, exp_id, parent, lineage)
 
 
-def _markdown_artifact(table: str, selection: dict, uri: str, parent: str) -> None:
+def _markdown_artifact(table: str, selection: promotion.SelectionDecision, uri: str, parent: str) -> None:
     from prefect.artifacts import create_markdown_artifact
 
-    md = f"## visionflow comparison\n\n{table}\n\n**Selection:** {selection['decision']}\n\nMLflow: `{uri}`, parent run `{parent}`\n"
+    md = f"## visionflow comparison\n\n{table}\n\n**Selection:** {selection.reason}\n\nMLflow: `{uri}`, parent run `{parent}`\n"
     create_markdown_artifact(markdown=md, key="model-comparison", description="Test-split comparison of every trained model")

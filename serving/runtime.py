@@ -91,13 +91,11 @@ def resolve_version(uri: str) -> tuple[str, str]:
 def load_bento_model(uri: str) -> LoadedModel:
     """A model imported into the BentoML store by `visionflow package` (inside a Bento)."""
     import bentoml
-    import mlflow
+
+    from components.tracking.mlflow_store import load_logged_model
 
     bm = bentoml.models.get(uri.removeprefix("bento:"))
-    path = bm.path_of("mlflow_model")
-    model = mlflow.pytorch.load_model(path, map_location="cpu").eval()
-    meta = mlflow.models.Model.load(path).metadata or {}
-    spec = DatasetSpec.from_json(json.dumps(meta["visionflow_spec"]))
+    model, spec = load_logged_model(bm.path_of("mlflow_model"))
     labels = dict(bm.info.labels)
     return _warm(LoadedModel(model, spec, labels.get("registered_model", bm.tag.name), labels.get("registered_version", str(bm.tag.version)),
                              labels.get("run_id", ""), labels, {}))  # fmt: skip
@@ -114,16 +112,15 @@ def _warm(loaded: LoadedModel) -> LoadedModel:
 
 def load_registered(uri: str) -> LoadedModel:
     """Load a registered version with its logged preprocessing spec and lineage tags, warmed up."""
-    import mlflow
     from mlflow import MlflowClient
+
+    from components.tracking.mlflow_store import load_logged_model
 
     if uri.startswith("bento:"):
         return load_bento_model(uri)
     name, version = resolve_version(uri)
-    exact = f"models:/{name}/{version}"
     mv = MlflowClient().get_model_version(name, version)
-    model = mlflow.pytorch.load_model(exact, map_location="cpu").eval()
-    spec = DatasetSpec.from_json(json.dumps(mlflow.models.get_model_info(exact).metadata["visionflow_spec"]))
+    model, spec = load_logged_model(f"models:/{name}/{version}")
     metrics = {}
     if mv.run_id:
         try:

@@ -62,11 +62,18 @@ def ensure_repo(ws: Workspace, remote_url: str | None = None) -> None:
     try:
         with repo.config.edit("repo") as conf:  # committed: same on every machine
             conf["core"]["analytics"] = False
+            if remote_url:  # a shared remote is the project's remote: a teammate's clone pulls with no set-up
+                conf["core"]["remote"] = REMOTE_NAME
+                conf["remote"][REMOTE_NAME] = {"url": remote_url}
         with repo.config.edit("local") as conf:  # machine-specific: inside the workspace
             conf["cache"]["dir"] = str(ws.dvc_cache_dir)
             conf["core"]["site_cache_dir"] = str(ws.home / "dvc-site-cache")
-            conf["core"]["remote"] = REMOTE_NAME
-            conf["remote"][REMOTE_NAME] = {"url": remote_url or str(ws.dvc_remote_dir)}
+            if remote_url:
+                conf["core"].pop("remote", None)  # the committed default applies
+                conf["remote"].pop(REMOTE_NAME, None)
+            else:  # the local default remote lives in this machine's workspace
+                conf["core"]["remote"] = REMOTE_NAME
+                conf["remote"][REMOTE_NAME] = {"url": str(ws.dvc_remote_dir)}
     finally:
         repo.close()
     if remote_url is None:
@@ -153,6 +160,79 @@ def pull(ws: Workspace, data_name: str = "data") -> str:
     version = read_version(ws, data_name)
     assert version is not None
     return version
+
+
+def resolve_version(ws: Workspace, ref: str, data_name: str = "data") -> str:
+    """A data version given as its md5 (with or without '.dir', or a unique prefix of one in the
+    cache) or as a git revision of `data.dvc` → the md5."""
+    ref = ref.strip().removesuffix(".dir")
+    if len(ref) == 32 and all(ch in "0123456789abcdef" for ch in ref):
+        return ref
+    try:
+        out = subprocess.run(["git", "show", f"{ref}:{data_name}.dvc"], cwd=ws.root, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        raise VersioningError(f"--data-version {ref}: neither a 32-hex DVC md5 nor a git revision that has {data_name}.dvc") from None
+    outs = (yaml.safe_load(out.stdout) or {}).get("outs") or []
+    if not outs or "md5" not in outs[0]:
+        raise VersioningError(f"--data-version {ref}: {data_name}.dvc at that revision has no outs[0].md5")
+    return str(outs[0]["md5"]).removesuffix(".dir")
+
+
+def checkout(ws: Workspace, version: str, data_name: str = "data") -> str:
+    """Point `data.dvc` at `version` and bring `data/` to it (DVC cache first, then the remote).
+    `data.dvc` is only rewritten once the data is there: a failed pull changes nothing."""
+    dvc_file = _dvc_file(ws, data_name)
+    before = dvc_file.read_text() if dvc_file.exists() else None
+    dvc_file.write_text(yaml.safe_dump({"outs": [{"md5": f"{version}.dir", "hash": "md5", "path": data_name}]}, sort_keys=False))
+    repo = _repo(ws)
+    try:
+        repo.pull(targets=[str(dvc_file)], force=True)
+    except Exception as exc:
+        if before is None:
+            dvc_file.unlink()
+        else:
+            dvc_file.write_text(before)
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise VersioningError(f"data version {version} is neither in the DVC cache nor on the remote ({first}); was it pushed?") from None
+    finally:
+        repo.close()
+    return version
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """Which data a run trains on, decided before any work (README: "Which data a run uses")."""
+
+    action: str  # "ingest" (source), "use" (data/ as checked out), "checkout" (pull `version`, else ingest `source`)
+    source: str | None
+    version: str | None
+    reason: str
+
+
+def plan_data(ws: Workspace, data_name: str, *, source: str | None, data_version: str | None, default_source: str) -> DataPlan:
+    """`--source` ingests; `--data-version` checks out; otherwise the checked-out `data.dvc` is used
+    (pulled when `data/` is missing; re-created from `data.source` when no remote has it, e.g. the
+    bundled digits on a fresh clone); nothing versioned yet → ingest `data.source`."""
+    if source and data_version:
+        raise VersioningError("give --source (ingest new data) or --data-version (an earlier version), not both")
+    if source:
+        return DataPlan("ingest", source, None, f"ingest {source} (--source)")
+    if data_version:
+        version = resolve_version(ws, data_version, data_name)
+        return DataPlan("checkout", None, version, f"data version {version} (--data-version {data_version})")
+    current = read_version(ws, data_name)
+    if current is None:
+        return DataPlan("ingest", default_source, None, f"nothing versioned yet: ingest {default_source} (data.source)")
+    st = status(ws, data_name)
+    if st.workspace_matches:
+        return DataPlan("use", None, current, f"data version {current} (checked out in {data_name}.dvc)")
+    if not ws.data_dir(data_name).exists():
+        return DataPlan("checkout", default_source, current, f"data version {current} ({data_name}.dvc; {data_name}/ missing: pull it)")
+    changes = "; ".join(st.changes[:3]) + (f"; ... {len(st.changes) - 3} more" if len(st.changes) > 3 else "")
+    raise VersioningError(
+        f"{data_name}/ differs from {data_name}.dvc ({changes}): version the change with `visionflow ingest --source FOLDER`, "
+        f"or discard it with `visionflow data pull`"
+    )
 
 
 def git_commit(root: Path) -> str | None:

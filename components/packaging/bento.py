@@ -44,30 +44,38 @@ def _labels(name: str, ver: str) -> dict[str, str]:
     return {"registered_model": name, "registered_version": ver, "run_id": mv.run_id or "", **{k: tags[k] for k in keep if k in tags}}
 
 
-def import_alias(name: str, alias: str) -> tuple[str, dict[str, str]]:
-    """models:/NAME@ALIAS → BentoML model store, labelled with its lineage. Returns (tag, labels)."""
+def import_version(name: str, ver: str) -> tuple[str, dict[str, str]]:
+    """models:/NAME/VERSION → BentoML model store, labelled with its lineage. Returns (tag, labels)."""
     import bentoml
     import mlflow
 
-    ver = store.alias_version(name, alias)
-    if ver is None:
-        raise LookupError(f"{name} has no '{alias}' alias; run `visionflow run` (or `visionflow promote`) first")
     labels = _labels(name, ver)
     info = mlflow.models.get_model_info(f"models:/{name}/{ver}")
     bento_model = bentoml.mlflow.import_model(name, model_uri=f"models:/{name}/{ver}", labels=labels, metadata=info.metadata or {})
     return str(bento_model.tag), labels
 
 
-def package(ws: Workspace, *, with_generator: bool = True) -> PackageResult:
+def _alias_or_fail(name: str, alias: str) -> str:
+    ver = store.alias_version(name, alias)
+    if ver is None:
+        raise LookupError(f"{name} has no '{alias}' alias; run `visionflow run` (or `visionflow promote`) first")
+    return ver
+
+
+def package(ws: Workspace, *, classifier_version: str | None = None, generator_version: str | None = None, with_generator: bool = True) -> PackageResult:
+    """Bento of `visionflow-classifier` v`classifier_version` (default: the champion) and the
+    generator (default: `generator` alias). A pipeline run packages the versions it is about to
+    promote, before any alias moves."""
     import bentoml
     from bentoml._internal.bento.build_config import BentoEnvSchema
 
     model_tags: dict[str, str] = {}
-    tag, labels = import_alias(store.CLASSIFIER_MODEL, store.CHAMPION)
+    tag, labels = import_version(store.CLASSIFIER_MODEL, classifier_version or _alias_or_fail(store.CLASSIFIER_MODEL, store.CHAMPION))
     model_tags["classifier"] = tag
     envs = [{"name": "VISIONFLOW_MODEL_URI", "value": f"bento:{tag}"}, {"name": "VISIONFLOW_GENERATOR_URI", "value": "none"}]
-    if with_generator and store.alias_version(store.GENERATOR_MODEL, store.GENERATOR):
-        gtag, _ = import_alias(store.GENERATOR_MODEL, store.GENERATOR)
+    gen = generator_version or (store.alias_version(store.GENERATOR_MODEL, store.GENERATOR) if with_generator else None)
+    if gen:
+        gtag, _ = import_version(store.GENERATOR_MODEL, gen)
         model_tags["generator"] = gtag
         envs[1] = {"name": "VISIONFLOW_GENERATOR_URI", "value": f"bento:{gtag}"}
     # Build from a staged copy of the code plus serving/bento_defaults.json naming the imported
@@ -97,4 +105,27 @@ def package(ws: Workspace, *, with_generator: bool = True) -> PackageResult:
         kept = ws.reports_dir / "bento" / "Dockerfile"
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(dockerfile, kept)
+    verify(str(bento.tag), model_tags)
     return PackageResult(str(bento.tag), model_tags, kept, bento_path)
+
+
+class PackagingError(RuntimeError):
+    pass
+
+
+def verify(bento_tag: str, model_tags: dict[str, str]) -> None:
+    """The Bento is in the store, names exactly the imported models, and each model's files are there."""
+    import bentoml
+
+    try:
+        bento = bentoml.get(bento_tag)
+    except Exception as exc:  # noqa: BLE001 - any failure to read it back is a failed build
+        raise PackagingError(f"Bento {bento_tag} was built but cannot be read back: {exc}") from exc
+    held = {str(m.tag) for m in bento.info.all_models}
+    missing = set(model_tags.values()) - held
+    if missing:
+        raise PackagingError(f"Bento {bento_tag} lacks model(s) {', '.join(sorted(missing))}")
+    for tag in model_tags.values():
+        path = Path(bentoml.models.get(tag).path)
+        if not any(path.rglob("MLmodel")):
+            raise PackagingError(f"BentoML model {tag} has no MLmodel file under {path}")

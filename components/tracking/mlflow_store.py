@@ -71,6 +71,45 @@ def configure(ws: Workspace, uri: str | None = None, experiment: str = EXPERIMEN
         return uri, c.get_experiment_by_name(experiment).experiment_id
 
 
+PROCESS_TAG = "visionflow.process"
+
+
+def process_tag() -> dict[str, str]:
+    """host:pid of the process that runs a pipeline (for detecting runs left RUNNING by a kill -9)."""
+    import socket
+
+    return {PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def mark_stale_runs(experiment_id: str) -> list[str]:
+    """Runs left RUNNING by a process of this host that no longer exists (kill -9, power loss) are
+    marked KILLED, with their nested runs. Called under the workspace lock, before a new run starts."""
+    import socket
+
+    c = client()
+    stale: list[str] = []
+    for run in c.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=500):
+        host, _, pid = run.data.tags.get(PROCESS_TAG, "").rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        stale.append(run.info.run_id)
+        for child in c.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'RUNNING'"):
+            c.set_terminated(child.info.run_id, "KILLED")
+        c.set_tag(run.info.run_id, "killed_reason", "its process ended without finishing the run (killed)")
+        c.set_terminated(run.info.run_id, "KILLED")
+    return stale
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def use_tracking_uri(uri: str) -> None:
     """In a worker process (a Dask worker on another machine, say): log to the flow's store."""
     import mlflow
@@ -105,8 +144,9 @@ def start_run(experiment_id: str, name: str, tags: dict[str, str], params: dict[
     return run.info.run_id
 
 
-def end_run(run_id: str, ok: bool) -> None:
-    client().set_terminated(run_id, "FINISHED" if ok else "FAILED")
+def end_run(run_id: str, ok: bool, *, killed: bool = False) -> None:
+    """FINISHED, FAILED, or KILLED (stopped by Ctrl-C / SIGTERM)."""
+    client().set_terminated(run_id, "FINISHED" if ok else "KILLED" if killed else "FAILED")
 
 
 class EpochLogger:
@@ -187,32 +227,88 @@ def log_model(run_id: str, model, input_example, spec_json: str, *, extra_metada
     return info.model_uri
 
 
-def register_version(model_uri: str, name: str, tags: dict[str, Any]) -> str:
-    """Registers `model_uri` as a new version of `name`; returns the version number."""
+class RegistryError(RuntimeError):
+    """The registry could not answer (an outage, a timeout, a refused request): never read as "no alias"."""
+
+
+def _is_not_found(exc: Exception) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    # RESOURCE_DOES_NOT_EXIST: no such model/version; a missing alias on an existing model is
+    # INVALID_PARAMETER_VALUE "... alias ... not found" on the sqlite store and on a server.
+    return exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+        exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc).lower()
+    )
+
+
+def _registry_call(what: str, fn, *args, **kwargs):
+    """One registry call. MLflow's HTTP client already retries with backoff (bounded by
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES, set in workspace.environment()); what still fails is an error."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        if _is_not_found(exc):
+            raise LookupError(f"{what}: not found") from exc
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        raise RegistryError(f"registry at {os.environ.get('MLFLOW_TRACKING_URI')} failed on {what}: {first}") from exc
+
+
+def load_logged_model(uri: str, map_location: str = "cpu"):
+    """The one way to load a logged/registered model with its preprocessing spec: `models:/...` or
+    `runs:/...` URIs, or a local MLflow model folder (inside a Bento). Returns (model in eval mode, spec)."""
     import mlflow
 
-    mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items() if v is not None})
+    from components.data.datasets import DatasetSpec
+
+    model = mlflow.pytorch.load_model(uri, map_location=map_location).eval()
+    meta = (mlflow.models.Model.load(uri) if Path(uri).exists() else mlflow.models.get_model_info(uri)).metadata or {}
+    if "visionflow_spec" not in meta:
+        raise ValueError(f"{uri} has no visionflow_spec metadata: it was not logged by visionflow")
+    return model, DatasetSpec.from_json(json.dumps(meta["visionflow_spec"]))
+
+
+def register_version(model_uri: str, name: str, tags: dict[str, Any]) -> str:
+    """Registers `model_uri` as a version of `name`, idempotently: a retry (or a re-run of the same
+    step) finds the version it already made (same run and logged model) instead of adding one."""
+    tags = {k: str(v) for k, v in tags.items() if v is not None}
+    run_id = tags.get("run_id")
+    if run_id:
+        found = _registry_call(f"search versions of {name}", client().search_model_versions, f"name='{name}' and run_id='{run_id}'")
+        for mv in found:
+            if (mv.tags or {}).get("logged_model_uri") == model_uri:
+                return str(mv.version)
+    import mlflow
+
+    mv = _registry_call(f"register {name}", mlflow.register_model, model_uri, name, tags={**tags, "logged_model_uri": model_uri})
     return str(mv.version)
 
 
 def alias_version(name: str, alias: str) -> str | None:
+    """The version `name@alias` points at; None only when the registry says there is none."""
     try:
-        return str(client().get_model_version_by_alias(name, alias).version)
-    except Exception:
+        return str(_registry_call(f"look up {name}@{alias}", client().get_model_version_by_alias, name, alias).version)
+    except LookupError:
         return None
+
+
+def version_tags(name: str, version: str) -> dict[str, str]:
+    return dict(_registry_call(f"read {name} v{version}", client().get_model_version, name, version).tags or {})
 
 
 def set_alias(name: str, alias: str, version: str, *, manual: bool = False, reason: str = "") -> None:
     c = client()
-    c.set_registered_model_alias(name, alias, version)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    c.set_model_version_tag(name, version, f"{alias}_since", stamp)
+    # tags first, the alias last: a failure in between leaves the alias where it was
+    tags = {f"{alias}_since": stamp}
     if manual:
-        c.set_model_version_tag(name, version, "promotion", "manual")
-        c.set_model_version_tag(name, version, "promoted_by", getpass.getuser())
-        c.set_model_version_tag(name, version, "promoted_at", stamp)
+        tags.update(promotion="manual", promoted_by=getpass.getuser(), promoted_at=stamp)
     if reason:
-        c.set_model_version_tag(name, version, f"{alias}_reason", reason[:5000])
+        tags[f"{alias}_reason"] = reason[:5000]
+    for k, v in tags.items():
+        _registry_call(f"tag {name} v{version}", c.set_model_version_tag, name, version, k, v)
+    _registry_call(f"set {name}@{alias}", c.set_registered_model_alias, name, alias, version)
 
 
 class PromotionError(ValueError):
@@ -227,8 +323,8 @@ def promote(name: str, version: str) -> str:
     """
     c = client()
     try:
-        mv = c.get_model_version(name, str(version))
-    except Exception:
+        mv = _registry_call(f"read {name} v{version}", c.get_model_version, name, str(version))
+    except LookupError:
         raise PromotionError(f"{name} version {version} not found in the registry at {os.environ.get('MLFLOW_TRACKING_URI')}") from None
     tags = mv.tags or {}
     if tags.get("evaluated") != "true" or "test_accuracy" not in tags:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from components.config import EngineConfig, TrainConfig
 from components.data.datasets import DatasetSpec, ImageTensors
+from components.process import check_stop
 from components.training.device import select_device, set_threads, use_bf16
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -93,6 +94,7 @@ def train_one_epoch(
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     for i in range(0, len(order), batch_size):
+        check_stop()  # SIGTERM / Ctrl-C: a training thread ends within a batch
         idx = order[i : i + batch_size]
         if len(idx) < 2:  # BatchNorm cannot train on a single sample
             continue
@@ -226,7 +228,7 @@ def fit(
     if world > 1:  # DDP (torchrun): gradients averaged across ranks; rank 0 writes the files
         from torch.nn.parallel import DistributedDataParallel
 
-        step_model = DistributedDataParallel(step_model, device_ids=[device.index or 0] if device.type == "cuda" else None)
+        step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_rank, rank_batch = rank_share(len(train), cfg.batch_size, world)  # the same split as train_one_epoch

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.family not in families:
         print(f"error: --family {args.family!r} is not an enabled classifier family (choose from: {', '.join(families)})", file=sys.stderr)
         return 2
-    ws = Workspace.at(args.root, home=None if cfg.workspace == ".visionflow" else cfg.workspace)
+    ws = Workspace.for_config(args.root, cfg)
     ws.activate()
     data_dir = ws.data_dir(cfg.data.dir)
     if not (data_dir / "manifest.csv").exists():
@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cuda = torch.cuda.is_available() and cfg.engine.device in ("auto", "cuda")
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        from components.training.device import select_device
+
+        torch.cuda.set_device(select_device("cuda"))  # cuda:LOCAL_RANK
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     try:
         from components.training.runner import train_classifier

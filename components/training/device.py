@@ -7,18 +7,33 @@ emulated and slower, so `auto` detects instead of assuming.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import torch
+
+
+def local_rank() -> int | None:
+    """This process's GPU slot under torchrun (LOCAL_RANK), None outside it."""
+    value = os.environ.get("LOCAL_RANK")
+    return int(value) if value not in (None, "") else None
+
+
+def _cuda(rank: int | None) -> torch.device:
+    # one GPU per rank: cuda:LOCAL_RANK (an explicit index, so DDP's device_ids are right on every rank)
+    index = rank if rank is not None else 0
+    if index >= torch.cuda.device_count():
+        raise RuntimeError(f"LOCAL_RANK={index} but torch sees {torch.cuda.device_count()} GPU(s); start at most that many processes per node")
+    return torch.device("cuda", index)
 
 
 def select_device(preference: str = "auto") -> torch.device:
     if preference != "auto":
         if preference == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("engine.device=cuda but torch sees no CUDA GPU; use engine.device=auto")
-        return torch.device(preference)
+        return _cuda(local_rank()) if preference == "cuda" else torch.device(preference)
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        return _cuda(local_rank())
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")

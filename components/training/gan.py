@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from components.config import EngineConfig, GanTrainConfig
 from components.data.datasets import ImageTensors
 from components.models.gan import ConditionalDCGAN
+from components.process import check_stop
 from components.training.classifier import EpochCallback, _autocast, _progress, _save
 from components.training.device import select_device, set_threads, use_bf16
 
@@ -35,6 +36,7 @@ def train_gan_epoch(gan: ConditionalDCGAN, data: ImageTensors, opt_g, opt_d, cfg
     sums = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}
     steps, start = 0, time.perf_counter()
     for i in range(0, len(order) - 1, cfg.batch_size):
+        check_stop()
         idx = order[i : i + cfg.batch_size]
         if len(idx) < 2:
             continue

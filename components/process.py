@@ -1,0 +1,72 @@
+"""Processes that stop: SIGTERM acts as Ctrl-C, and a server command takes its whole tree with it.
+
+- `stop_on_sigterm()`: SIGTERM (systemd, Kubernetes, a supervisor) raises KeyboardInterrupt in the
+  main thread, exactly like Ctrl-C, and sets `STOP`, which the training loops check between batches,
+  so work in task-runner threads ends too instead of holding the process open.
+- `run_server(cmd)`: start a server (BentoML, MLflow) in its own process group, forward SIGTERM /
+  SIGINT / SIGHUP to the whole group, SIGKILL what is left after a grace period; returns its exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+STOP = threading.Event()
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised in a training loop after SIGTERM / Ctrl-C (a KeyboardInterrupt: nothing catches it by accident)."""
+
+
+def check_stop() -> None:
+    if STOP.is_set():
+        raise Stopped("stop requested (SIGTERM or Ctrl-C)")
+
+
+def stop_on_sigterm() -> None:
+    """In the main thread of a CLI command: SIGTERM and SIGINT stop it as Ctrl-C does."""
+
+    def handler(signum, frame):
+        STOP.set()
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run_server(cmd: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None, grace: float = 8.0) -> int:
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, start_new_session=True)  # its own process group
+    pgid = proc.pid
+
+    def kill_group(sig: int) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass
+
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        kill_group(signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    try:
+        while proc.poll() is None and not received:
+            time.sleep(0.2)
+        if received:
+            deadline = time.monotonic() + grace
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+        return proc.wait(timeout=0.1) if proc.poll() is None else proc.returncode
+    except subprocess.TimeoutExpired:
+        return -signal.SIGKILL
+    finally:
+        kill_group(signal.SIGKILL)  # whatever of the group is left (workers, a job runner) goes too
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)

@@ -1,0 +1,161 @@
+"""Registration, champion selection and promotion: the registry policy as plain, tested functions.
+
+The order is what makes it safe (the flow calls them in this order, each as one task):
+
+1. `register_candidates` registers every evaluated model, idempotently (a retry finds its versions),
+   and the best-on-validation classifier as a version of `visionflow-classifier`. No alias moves.
+2. `decide` compares that version with the current champion (McNemar gate on the same test split)
+   and applies the class-set policy. A registry error is an error (`RegistryError`), never "no
+   champion": the run fails and nothing moves.
+3. the flow builds and verifies the Bento of `decision.serving_version` (components/packaging).
+4. `apply` moves the aliases, last. Any failure before it leaves every alias where it was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.config import SelectionConfig
+from components.tracking import mlflow_store as store
+from components.tracking.selection import gate
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated classifier of this run."""
+
+    key: str
+    family: str
+    run_id: str
+    model_uri: str
+    val_acc: float
+    test_acc: float
+    correct_path: str  # test_correct.json: per-image correctness on the test split, manifest order
+
+    @classmethod
+    def from_eval(cls, e: dict[str, Any]) -> "Candidate":
+        return cls(e["key"], e["row"]["family"], e["run_id"], e["model_uri"], float(e["val_acc"]), float(e["metrics"]["accuracy"]), e["correct_path"])
+
+
+@dataclass(frozen=True)
+class GeneratorCandidate:
+    run_id: str
+    model_uri: str
+    gan_test: float
+    gan_train: float
+
+
+@dataclass(frozen=True)
+class Registration:
+    versions: dict[str, str]  # registered model name → version, one per family model
+    best: Candidate  # chosen on validation only
+    classifier_version: str  # best's version of visionflow-classifier
+    generator_version: str | None = None
+    generator_score: float | None = None
+
+
+@dataclass(frozen=True)
+class SelectionDecision:
+    promote: bool  # the new classifier version becomes champion
+    reason: str
+    classifier_version: str
+    champion_version: str | None  # the champion before this run
+    challenger_accuracy: float
+    champion_accuracy: float | None = None
+    p_value: float | None = None
+    class_set_changed: bool = False
+    generator_version: str | None = None
+    promote_generator: bool = False
+    generator_reason: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    best: str = ""
+
+    @property
+    def alias(self) -> str:
+        return store.CHAMPION if self.promote else store.CHALLENGER
+
+    @property
+    def serving_version(self) -> str:
+        """The classifier version that serves after this run (what the Bento must hold)."""
+        return self.classifier_version if self.promote or self.champion_version is None else self.champion_version
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "alias": self.alias, "serving_version": self.serving_version}
+
+
+def _common_tags(lineage: dict[str, str], run_id: str, family: str, task: str) -> dict[str, str]:
+    return {**lineage, "run_id": run_id, "family": family, "evaluated": "true", "data_validated": "true", "task": task}
+
+
+def register_candidates(candidates: list[Candidate], generator: GeneratorCandidate | None, lineage: dict[str, str]) -> Registration:
+    """Every model as `visionflow-<key>`, the best on validation as a `visionflow-classifier` version."""
+    if not candidates:
+        raise ValueError("no evaluated classifier to register")
+    versions: dict[str, str] = {}
+    for c in candidates:
+        tags = {**_common_tags(lineage, c.run_id, c.family, "classification"), "test_accuracy": f"{c.test_acc:.6f}", "val_accuracy": f"{c.val_acc:.6f}"}
+        name = store.registered_name(c.key)
+        versions[name] = store.register_version(c.model_uri, name, tags)
+    best = max(candidates, key=lambda c: c.val_acc)  # chosen on validation only
+    tags = {**_common_tags(lineage, best.run_id, best.family, "classification"), "model_key": best.key, "test_accuracy": f"{best.test_acc:.6f}",
+            "val_accuracy": f"{best.val_acc:.6f}", "registered_from": f"{store.registered_name(best.key)}/{versions[store.registered_name(best.key)]}"}  # fmt: skip
+    classifier_version = store.register_version(best.model_uri, store.CLASSIFIER_MODEL, tags)
+    gen_version = None
+    if generator is not None:
+        gtags = {**_common_tags(lineage, generator.run_id, "gan", "generation"), "gan_test": f"{generator.gan_test:.6f}", "gan_train": f"{generator.gan_train:.6f}"}
+        gen_version = store.register_version(generator.model_uri, store.GENERATOR_MODEL, gtags)
+    return Registration(versions, best, classifier_version, gen_version, generator.gan_test if generator else None)
+
+
+Loader = Callable[[str], tuple[Any, Any]]  # model URI → (model, DatasetSpec)
+
+
+def decide(reg: Registration, data_dir: Path, cfg: SelectionConfig, classes: list[str], load: Loader, paired: Callable[[str, Path, Loader], list[bool]]) -> SelectionDecision:
+    """Gate the new classifier version against the current champion; say why, in numbers."""
+    challenger_correct = json.loads(Path(reg.best.correct_path).read_text())["correct"]
+    champion = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION)  # RegistryError on an outage
+    gen_promote, gen_reason = _decide_generator(reg)
+    common = {"classifier_version": reg.classifier_version, "champion_version": champion, "generator_version": reg.generator_version,
+              "promote_generator": gen_promote, "generator_reason": gen_reason, "versions": reg.versions, "best": reg.best.key}  # fmt: skip
+    acc = sum(challenger_correct) / max(len(challenger_correct), 1)
+    if champion is None:
+        return SelectionDecision(True, "no current champion", challenger_accuracy=acc, **common)
+    uri = f"models:/{store.CLASSIFIER_MODEL}/{champion}"
+    _, champ_spec = load(uri)
+    if list(champ_spec.classes) != list(classes):
+        change = f"class set changed (champion v{champion}: {len(champ_spec.classes)} classes {_short(champ_spec.classes)}; new: {len(classes)} {_short(classes)})"
+        if cfg.on_class_change == "promote":
+            return SelectionDecision(True, f"{change}: promoted by selection.on_class_change=promote", challenger_accuracy=acc, class_set_changed=True, **common)
+        return SelectionDecision(False, f"{change}: champion held by selection.on_class_change=hold; `visionflow promote` to switch",
+                                 challenger_accuracy=acc, class_set_changed=True, **common)  # fmt: skip
+    champion_correct = paired(uri, data_dir, load)
+    d = gate(challenger_correct, champion_correct, margin=cfg.margin, alpha=cfg.alpha)
+    return SelectionDecision(d.promote, d.reason, challenger_accuracy=d.challenger_accuracy, champion_accuracy=d.champion_accuracy, p_value=d.p_value, **common)
+
+
+def _short(classes: list[str], n: int = 5) -> str:
+    return "[" + ", ".join(classes[:n]) + (", ..." if len(classes) > n else "") + "]"
+
+
+def _decide_generator(reg: Registration) -> tuple[bool, str]:
+    """The best generator by GAN-test keeps the `generator` alias."""
+    if reg.generator_version is None:
+        return False, ""
+    current = store.alias_version(store.GENERATOR_MODEL, store.GENERATOR)
+    if current is None:
+        return True, f"GAN-test {reg.generator_score:.4f}; no generator yet"
+    score = float(store.version_tags(store.GENERATOR_MODEL, current).get("gan_test", -1))
+    if reg.generator_score > score:
+        return True, f"GAN-test {reg.generator_score:.4f} > {score:.4f} (v{current})"
+    return False, f"GAN-test {reg.generator_score:.4f} <= {score:.4f} (v{current} kept)"
+
+
+def apply(decision: SelectionDecision) -> None:
+    """Move the aliases: the last step of a run, after the Bento of `serving_version` was verified."""
+    if decision.promote_generator and decision.generator_version:
+        store.set_alias(store.GENERATOR_MODEL, store.GENERATOR, decision.generator_version, reason=decision.generator_reason)
+    store.set_alias(store.CLASSIFIER_MODEL, decision.alias, decision.classifier_version, reason=decision.reason)
