@@ -207,6 +207,53 @@ def run(
     out.print(f"done in {res.seconds:.0f}s")
 
 
+@app.command()
+def reproduce(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a pipeline (parent) run")],
+    check: Annotated[bool, typer.Option("--check", help="exit 1 if any metric differs from the original")] = False,
+    wait: WaitOpt = False,
+    root: RootOpt = Path("."),
+) -> None:
+    """Re-run a past pipeline run from its record (config, data version, code) and compare its metrics."""
+    cfg, ws = _setup(root, "default", None)
+    from rich.console import Console
+    from rich.table import Table
+
+    from components.data.versioning import git_commit
+    from components.lineage import code_version
+    from components.tracking import mlflow_store as store
+    from components.tracking.reproduce import ReproduceError, compare, load_record
+
+    store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
+    try:
+        rec = load_record(run_id)
+    except ReproduceError as exc:
+        _fail(str(exc))
+    out = Console(soft_wrap=True)
+    now_commit, now_code = git_commit(ws.root), code_version()
+    if rec.code_version == now_code:
+        out.print(f"code         : matches the run's (code version {now_code}; commit then {rec.git_commit}, now {now_commit})")
+    else:
+        out.print(f"[yellow]code differs : the run used code version {rec.code_version} (commit {rec.git_commit}), this checkout is {now_code} "
+                  f"(commit {now_commit}); `git diff {rec.git_commit} -- components/` shows how. Models retrain with this code.[/yellow]")  # fmt: skip
+    out.print(f"re-running   : {run_id} (profile {rec.profile}, data version {rec.data_version}, its recorded config)")
+    from flows.training_pipeline import training_pipeline
+
+    with _writer(ws, f"visionflow reproduce {run_id}", wait):
+        state = training_pipeline(root=str(ws.root), profile=rec.profile, cfg=rec.config, data_version=rec.data_version, force=True, promote=False, return_state=True)
+        res = _result_or_fail(state)
+    rows = compare(rec.metrics, res.metrics)
+    table = Table("model", "metric", "original", "reproduced", "equal")
+    for r in rows:
+        fmt = lambda v: "-" if v is None else f"{v:.6f}"  # noqa: E731
+        table.add_row(r.model, r.metric, fmt(r.original), fmt(r.reproduced), "yes" if r.equal else "[red]no[/red]")
+    out.print(table)
+    same = all(r.equal for r in rows)
+    out.print(f"reproduction : parent run {res.parent_run_id}; {'every metric equal' if same else 'metrics differ'} (registry untouched)")
+    if check and not same:
+        raise typer.Exit(1)
+
+
 @app.command("train-ddp")
 def train_ddp(
     family: Annotated[str, typer.Option("--family", help="classifier section of params.yaml: cnn, rnn, cnn_lstm, feature_fusion")],

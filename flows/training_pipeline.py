@@ -390,7 +390,8 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
     cached = sorted(k for k, t in {**trained, **({"gan": gan_trained} if gan_trained else {})}.items() if t.get("cached"))
     return PipelineResult(parent, data.data_version, report, table, champion, selection.reason if selection else "not registered (reproduction)",
                           selection.generator_version if selection else None, rows, uri, data.data_docs, time.perf_counter() - start,
-                          bento["bento_tag"] if bento else None, cached, {e["key"]: e["metrics"] for e in evals})  # fmt: skip
+                          bento["bento_tag"] if bento else None, cached,
+                          {e["key"]: e["metrics"] for e in evals + ([gan_eval] if gan_eval else [])})  # fmt: skip
 
 
 def _adopt(trained: dict, cfg: Config, exp_id: str, parent: str, lineage: dict) -> dict:

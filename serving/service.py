@@ -34,7 +34,7 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", default_uri(_ws))  # the workspace'
 
 # torch and the models load in the worker processes only (serving.runtime, imported in __init__):
 # BentoML's supervisor imports this module for its config, and torch would cost it ~0.5 GB
-from serving.settings import BatchAnswers, InputError, LoadShedder, Settings, cap_batch_wait, decode_image  # noqa: E402
+from serving.settings import BatchAnswers, InputError, LoadShedder, MultipartGuard, Settings, cap_batch_wait, decode_image  # noqa: E402
 
 SETTINGS = Settings.from_env()  # the process shape (workers, batching) is fixed when the service is defined
 if SETTINGS.batching:
@@ -190,5 +190,6 @@ class Visionflow:
 
 # outermost first: LoadShedder sheds before any parsing; BatchAnswers sees the batched API's answers
 Visionflow.add_asgi_middleware(LoadShedder, limit=SETTINGS.max_in_flight)
+Visionflow.add_asgi_middleware(MultipartGuard, fields={"/classify": ("image", False), "/classify_batch": ("images", True)})
 if SETTINGS.batching:
     Visionflow.add_asgi_middleware(BatchAnswers, one="/classify", many="/classify_batch")

@@ -202,3 +202,81 @@ def _json_list(body: bytes) -> list | None:
     except ValueError:
         return None
     return items if isinstance(items, list) else None
+
+
+class MultipartGuard:
+    """ASGI middleware: the upload endpoints take multipart/form-data with file fields of one name
+    (`image` for /classify, `images` for /classify_batch). Anything else is a 400 that says what to
+    send, in every serving configuration: BentoML's own parser answers 500 to a file under another
+    field name (it tries to read it as JSON) and a pydantic dump to a missing one. Only the part
+    headers are scanned; the body is then handed on unchanged."""
+
+    def __init__(self, app, fields: dict[str, tuple[str, bool]]):
+        self.app = app
+        self.fields = fields  # path → (field name, several files allowed)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in self.fields or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        problem = multipart_problem(headers.get(b"content-type", b"").decode("latin-1"), body, *self.fields[scope["path"]])
+        if problem:
+            payload = json.dumps({"error": problem}).encode()
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})  # fmt: skip
+            await send({"type": "http.response.body", "body": payload})
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def multipart_problem(content_type: str, body: bytes, field: str, many: bool) -> str | None:
+    """None when `body` is multipart with only file parts named `field` (one, unless `many`); else what to fix."""
+    how = f"send the image{'s' if many else ''} as multipart/form-data file field{'s' if many else ''} named '{field}' (curl -F {field}=@photo.jpg)"
+    ctype, _, params = content_type.partition(";")
+    if ctype.strip().lower() != "multipart/form-data":
+        return f"expected multipart/form-data, got {ctype.strip() or 'no content type'}: {how}"
+    boundary = next((p.split("=", 1)[1].strip().strip('"') for p in params.split(";") if p.strip().lower().startswith("boundary=")), "")
+    if not boundary:
+        return f"multipart body without a boundary: {how}"
+    files, others = 0, []
+    for part in body.split(b"--" + boundary.encode())[1:]:
+        if part.startswith(b"--"):
+            break  # the closing delimiter
+        head = part.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        disposition = next((line for line in head.split("\r\n") if line.lower().startswith("content-disposition:")), "")
+        name = _param(disposition, "name")
+        if name == field and _param(disposition, "filename") is not None:
+            files += 1
+        else:
+            others.append(f"'{name}'" + ("" if _param(disposition, "filename") is not None else " (not a file)"))
+    if others:
+        return f"unexpected field(s) {', '.join(others)}: {how}"
+    if files == 0:
+        return f"no image in the form: {how}"
+    if files > 1 and not many:
+        return f"/classify takes one image (got {files}); send several to /classify_batch"
+    return None
+
+
+def _param(disposition: str, key: str) -> str | None:
+    import re
+
+    m = re.search(rf';\s*{key}="([^"]*)"', disposition) or re.search(rf";\s*{key}=([^;\s]+)", disposition)
+    return m.group(1) if m else None
