@@ -135,7 +135,7 @@ async def _post(session: aiohttp.ClientSession, url: str, field: str, body: byte
                 retry_after = float(r.headers.get("Retry-After", 0))
             if r.status == 200 and "X-Model-Version" in r.headers:
                 rec.versions.add(r.headers["X-Model-Version"])
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         code = type(exc).__name__
     rec.add((time.perf_counter() - t) * 1000, code)
     return retry_after

@@ -50,9 +50,7 @@ class DataConfig(_Strict):
     )
     dir: str = "data"
     split: SplitConfig = SplitConfig()
-    dvc_remote: str | None = Field(
-        None, description="any DVC remote URL; default: a local folder inside the workspace"
-    )
+    dvc_remote: str | None = Field(None, description="any DVC remote URL; default: a local folder inside the workspace")
     max_pixels: int = Field(16_000_000, gt=0, description="decompression-bomb cap per image")
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 _held: dict[str, tuple[int, int]] = {}  # lock path → (fd, depth) held by this process
@@ -85,8 +85,7 @@ def workspace_lock(home: Path, command: str, *, wait: float = 0.0, on_wait: Call
             if deadline is not None and time.monotonic() >= deadline:
                 os.close(fd)
                 raise WorkspaceBusy(
-                    f"workspace {home} is in use by {describe(holder)}; wait for it to finish (or pass --wait), "
-                    f"or stop it (kill {holder.get('pid', '<pid>')})"
+                    f"workspace {home} is in use by {describe(holder)}; wait for it to finish (or pass --wait), or stop it (kill {holder.get('pid', '<pid>')})"
                 ) from None
             if on_wait and not told:
                 on_wait(f"waiting for the workspace lock held by {describe(holder)} ...")
@@ -96,7 +95,7 @@ def workspace_lock(home: Path, command: str, *, wait: float = 0.0, on_wait: Call
     note = None
     if before.get("pid") and before.get("host") == socket.gethostname() and not _alive(int(before["pid"])):
         note = f"took over the workspace lock left by {describe(before)}, which is no longer running"
-    info = {"pid": os.getpid(), "command": command, "host": socket.gethostname(), "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    info = {"pid": os.getpid(), "command": command, "host": socket.gethostname(), "since": datetime.now(UTC).isoformat(timespec="seconds")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
     with _guard:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,9 +19,7 @@ data_app = typer.Typer(help="Data versions (DVC): status, pull.", no_args_is_hel
 app.add_typer(data_app, name="data")
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="params.yaml profile: quick, default, full")]
-SetOpt = Annotated[
-    Optional[list[str]], typer.Option("--set", "-s", help="override a knob: --set data.split.seed=1 (repeatable)")
-]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a knob: --set data.split.seed=1 (repeatable)")]
 RootOpt = Annotated[Path, typer.Option("--root", help="project folder holding params.yaml and data.dvc")]
 
 
@@ -98,7 +96,7 @@ def _print_data_result(result) -> None:
 
 @app.command()
 def ingest(
-    source: Annotated[Optional[str], typer.Option("--source", help="folder of class sub-folders (default: params.yaml data.source)")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="folder of class sub-folders (default: params.yaml data.source)")] = None,
     profile: ProfileOpt = "default",
     set_: SetOpt = None,
     wait: WaitOpt = False,
@@ -165,12 +163,16 @@ def data_pull(root: RootOpt = Path(".")) -> None:
 def run(
     profile: ProfileOpt = "default",
     set_: SetOpt = None,
-    source: Annotated[Optional[str], typer.Option("--source", help="ingest this image folder first (a new data version), then train on it")] = None,
-    data_version: Annotated[Optional[str], typer.Option("--data-version", help="train on an earlier data version: its DVC md5 or a git revision of data.dvc")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="ingest this image folder first (a new data version), then train on it")] = None,
+    data_version: Annotated[
+        str | None, typer.Option("--data-version", help="train on an earlier data version: its DVC md5 or a git revision of data.dvc")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="retrain even when data and config are unchanged")] = False,
     wait: WaitOpt = False,
-    task_runner: Annotated[Optional[str], typer.Option("--task-runner", help="thread (default) or dask: where the families train")] = None,
-    dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="tcp://host:8786 of a Dask scheduler (implies --task-runner dask); none: a LocalCluster")] = None,
+    task_runner: Annotated[str | None, typer.Option("--task-runner", help="thread (default) or dask: where the families train")] = None,
+    dask_address: Annotated[
+        str | None, typer.Option("--dask-address", help="tcp://host:8786 of a Dask scheduler (implies --task-runner dask); none: a LocalCluster")
+    ] = None,
     root: RootOpt = Path("."),
 ) -> None:
     """The main job (`make run`): train every family on the checked-out data version → evaluate → MLflow → champion → Bento."""
@@ -240,7 +242,9 @@ def reproduce(
     from flows.training_pipeline import training_pipeline
 
     with _writer(ws, f"visionflow reproduce {run_id}", wait):
-        state = training_pipeline(root=str(ws.root), profile=rec.profile, cfg=rec.config, data_version=rec.data_version, force=True, promote=False, return_state=True)
+        state = training_pipeline(
+            root=str(ws.root), profile=rec.profile, cfg=rec.config, data_version=rec.data_version, force=True, promote=False, return_state=True
+        )
         res = _result_or_fail(state)
     rows = compare(rec.metrics, res.metrics)
     table = Table("model", "metric", "original", "reproduced", "equal")
@@ -301,10 +305,10 @@ def ui(
 
 @app.command()
 def schedule(
-    cron: Annotated[Optional[str], typer.Option("--cron", help='cron schedule, e.g. "0 3 * * 1" (default: params.yaml schedule.cron)')] = None,
+    cron: Annotated[str | None, typer.Option("--cron", help='cron schedule, e.g. "0 3 * * 1" (default: params.yaml schedule.cron)')] = None,
     profile: ProfileOpt = "default",
     set_: SetOpt = None,
-    source: Annotated[Optional[str], typer.Option("--source", help="image folder to retrain on (default: params.yaml data.source)")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="image folder to retrain on (default: params.yaml data.source)")] = None,
     root: RootOpt = Path("."),
 ) -> None:
     """Register a scheduled retraining deployment (drift check → retrain) on a Prefect server and serve it (blocks)."""
@@ -333,7 +337,7 @@ def schedule(
 def retrain(
     profile: ProfileOpt = "default",
     set_: SetOpt = None,
-    source: Annotated[Optional[str], typer.Option("--source", help="image folder (default: params.yaml data.source)")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="image folder (default: params.yaml data.source)")] = None,
     force: Annotated[bool, typer.Option("--force", help="retrain even without a data change or drift")] = False,
     wait: WaitOpt = False,
     root: RootOpt = Path("."),
@@ -379,11 +383,11 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     model: Annotated[str, typer.Option(help="registered model URI")] = "models:/visionflow-classifier@champion",
     poll: Annotated[float, typer.Option(help="seconds between alias checks (hot swap)")] = 5.0,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="worker processes [default 1]")] = None,
-    batching: Annotated[Optional[bool], typer.Option("--batching/--no-batching", help="adaptive batching of concurrent requests [default on]")] = None,
-    max_batch_size: Annotated[Optional[int], typer.Option(min=1, help="images per batched forward pass [default 32]")] = None,
-    max_latency_ms: Annotated[Optional[int], typer.Option(min=1, help="batching latency budget, ms [default 500]")] = None,
-    max_in_flight: Annotated[Optional[int], typer.Option(min=1, help="requests in flight per worker; more get 503 + Retry-After [default 32]")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="worker processes [default 1]")] = None,
+    batching: Annotated[bool | None, typer.Option("--batching/--no-batching", help="adaptive batching of concurrent requests [default on]")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(min=1, help="images per batched forward pass [default 32]")] = None,
+    max_latency_ms: Annotated[int | None, typer.Option(min=1, help="batching latency budget, ms [default 500]")] = None,
+    max_in_flight: Annotated[int | None, typer.Option(min=1, help="requests in flight per worker; more get 503 + Retry-After [default 32]")] = None,
     root: RootOpt = Path("."),
 ) -> None:
     """Serve the champion over HTTP (BentoML); switches models when the alias moves."""

@@ -37,18 +37,14 @@ class DataFlowResult:
 
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest_task(source: str, staging: str, cfg: Config, progress: bool) -> dict:
-    result = ingest_mod.ingest(
-        source, Path(staging), cfg.data.split, max_pixels=cfg.data.max_pixels, progress=progress
-    )
+    result = ingest_mod.ingest(source, Path(staging), cfg.data.split, max_pixels=cfg.data.max_pixels, progress=progress)
     get_run_logger().info("ingested %d images, %d classes in %.1fs", result.n_images, len(result.classes), result.seconds)
     return {"n_images": result.n_images, "classes": result.classes, "seconds": result.seconds}
 
 
 @task(name="validate", cache_policy=NO_CACHE)  # no retries: bad data stays bad
 def validate_task(data_dir: str, cfg: Config, docs_dir: str, report_file: str) -> validation.ValidationReport:
-    report = validation.validate(
-        Path(data_dir), cfg.validation, cfg.data.split, docs_dir=Path(docs_dir), max_pixels=cfg.data.max_pixels
-    )
+    report = validation.validate(Path(data_dir), cfg.validation, cfg.data.split, docs_dir=Path(docs_dir), max_pixels=cfg.data.max_pixels)
     Path(report_file).parent.mkdir(parents=True, exist_ok=True)
     Path(report_file).write_text(
         json.dumps(

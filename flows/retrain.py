@@ -19,9 +19,9 @@ from prefect.states import Failed
 from components.config import Config
 from components.data.datasets import load_dataset, load_split
 from components.evaluation.drift import data_stats, drift_report
+from components.locking import workspace_lock
 from components.tracking import mlflow_store as store
 from components.workspace import Workspace
-from components.locking import workspace_lock
 from flows.data_flow import data_flow, resolve
 from flows.training_pipeline import training_pipeline
 

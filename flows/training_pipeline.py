@@ -29,12 +29,12 @@ from components.data.datasets import DatasetSpec
 from components.evaluation import evaluate as ev
 from components.evaluation.report import markdown_table, write_report
 from components.lineage import code_version
+from components.locking import workspace_lock
 from components.models import family_of
 from components.tracking import mlflow_store as store
 from components.tracking import promotion
 from components.training import runner
 from components.workspace import Workspace
-from components.locking import workspace_lock
 from flows.data_flow import DataFlowResult, data_flow, resolve
 
 
@@ -124,7 +124,10 @@ def train_classifier_task(key: str, cfg: Config, data_dir: str, models_dir: str,
 
     with mlflow.start_run(run_id=run_id, log_system_metrics=True):
         result = runner.train_classifier(key, fam, cfg.engine, Path(data_dir), out, resume=resumed is not None, on_epoch_end=store.EpochLogger(run_id))
-    store.log_metrics(run_id, {"val_acc": result["val_acc"], "best_epoch": result["best_epoch"], "train_seconds": result["train_seconds"], "train_img_per_s": result["img_per_s"]})
+    store.log_metrics(
+        run_id,
+        {"val_acc": result["val_acc"], "best_epoch": result["best_epoch"], "train_seconds": result["train_seconds"], "train_img_per_s": result["img_per_s"]},
+    )
     get_run_logger().info("%s: val acc %.4f after %d epochs (%.0fs)", key, result["val_acc"], result["epochs_run"], result["train_seconds"])
     return {**{k: v for k, v in result.items() if k != "history"}, "run_id": run_id, "parent_id": parent_id, "cache_key": cache_key}
 
@@ -369,7 +372,9 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
         notes = [f"data version {data.data_version}; params hash {lineage['params_hash']}; MLflow parent run {parent}",
                  "accuracy etc. on the test split; the best model is chosen on validation, the champion gate compares on the test split"]  # fmt: skip
         if "decision_fusion" in trained:
-            notes.append(f"decision fusion α={trained['decision_fusion']['alpha']:.2f} over {', '.join(cfg.models.decision_fusion.members)} (chosen on validation)")
+            notes.append(
+                f"decision fusion α={trained['decision_fusion']['alpha']:.2f} over {', '.join(cfg.models.decision_fusion.members)} (chosen on validation)"
+            )
         report = report_task(rows, images, notes, str(ws.reports_dir / parent), str(ws.reports_dir / "latest"), parent)
         selection, bento = None, None
         if promote:

@@ -8,7 +8,6 @@ same conversion function as training (`components.data.datasets.to_array`), neve
 from __future__ import annotations
 
 import io
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -124,7 +123,9 @@ def load_registered(uri: str) -> LoadedModel:
     metrics = {}
     if mv.run_id:
         try:
-            metrics = {k: v for k, v in MlflowClient().get_run(mv.run_id).data.metrics.items() if k.startswith("test_") or k in ("gan_test", "gan_train", "val_acc")}
+            metrics = {
+                k: v for k, v in MlflowClient().get_run(mv.run_id).data.metrics.items() if k.startswith("test_") or k in ("gan_test", "gan_train", "val_acc")
+            }
         except Exception:  # the run may live in another store; lineage tags are on the version anyway
             metrics = {}
     return _warm(LoadedModel(model, spec, name, version, mv.run_id or "", dict(mv.tags or {}), metrics))

@@ -14,6 +14,7 @@ Settings come from the environment (serving/settings.py: VISIONFLOW_MODEL_URI, V
 
 from __future__ import annotations
 
+import os
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,6 @@ import bentoml
 from fastapi import FastAPI, File, UploadFile
 from fastapi.responses import JSONResponse
 from PIL import Image
-
-import os
 
 from components.tracking.mlflow_store import default_uri
 from components.workspace import Workspace
@@ -110,6 +109,7 @@ class Visionflow:
             return self._classify_paths(images)
 
     else:
+
         @bentoml.api(route="/classify")
         def classify(self, image: Path, ctx: bentoml.Context) -> dict[str, Any]:
             model = self._model()  # one read: a swap mid-request cannot mix versions

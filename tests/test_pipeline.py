@@ -63,7 +63,7 @@ def test_pipeline_end_to_end_gate_and_failures(project, tmp_path, tracking_env):
     state = training_pipeline(root=str(project), profile="quick", source=str(bad), return_state=True)
     assert state.is_failed() and "cat/broken.png" in state.message
     # a crash inside training: the parent run is FAILED, no version is registered, no alias moves
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="bogus"):
         training_pipeline(root=str(project), profile="quick", source=str(src), overrides=["models.rnn.hparams.cell=bogus"])
     after = {n: _versions(n) for n in before}
     assert after == before

@@ -6,11 +6,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.test_training import tiny_data  # noqa: E402
-
 from components.config import EngineConfig, TrainConfig  # noqa: E402
 from components.models import create_model  # noqa: E402
 from components.training.classifier import fit  # noqa: E402
+from tests.test_training import tiny_data  # noqa: E402
 
 workdir, epochs, resume, pause = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", float(sys.argv[4])
 spec, train, val = tiny_data()

@@ -147,7 +147,9 @@ def fgsm(model: nn.Module, x01: torch.Tensor, y: torch.Tensor, eps: float, spec:
     return torch.cat(out)
 
 
-def robustness(model: nn.Module, x01: torch.Tensor, y: torch.Tensor, spec: DatasetSpec, *, noise=(0.1, 0.3), eps=(0.05, 0.1), seed: int = 0) -> dict[str, float]:
+def robustness(
+    model: nn.Module, x01: torch.Tensor, y: torch.Tensor, spec: DatasetSpec, *, noise=(0.1, 0.3), eps=(0.05, 0.1), seed: int = 0
+) -> dict[str, float]:
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for sigma in noise:

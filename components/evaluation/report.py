@@ -65,7 +65,7 @@ def write_report(rows: list[dict], out_dir: Path, *, title: str, images: dict[st
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 figure{{display:inline-block;margin:6px}}img{{max-width:520px}}</style></head><body>
 <h1>{html.escape(title)}</h1><table><tr>{head}</tr>{body}</table>
-<ul>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>{''.join(sections)}</body></html>"""
+<ul>{"".join(f"<li>{html.escape(n)}</li>" for n in notes)}</ul>{"".join(sections)}</body></html>"""
     (out_dir / "report.html").write_text(page)
     if latest is not None:  # a stable path for scripts
         tmp = latest.with_name(latest.name + ".tmp")

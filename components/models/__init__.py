@@ -31,9 +31,7 @@ def _size(image_size: int | tuple[int, int]) -> tuple[int, int]:
     return (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
 
 
-def create_model(
-    name: str, *, num_classes: int, in_channels: int, image_size: int | tuple[int, int], **hparams: Any
-) -> nn.Module:
+def create_model(name: str, *, num_classes: int, in_channels: int, image_size: int | tuple[int, int], **hparams: Any) -> nn.Module:
     _load_families()
     size = _size(image_size)
     if name.startswith("torchvision:"):

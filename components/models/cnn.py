@@ -15,11 +15,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = (
-            nn.Identity()
-            if stride == 1 and c_in == c_out
-            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-        )
+        self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -67,5 +63,7 @@ class ResNetSmall(nn.Module):
 
 
 @register_model("cnn", family="cnn")
-def cnn(*, num_classes: int, in_channels: int, image_size: tuple[int, int], widths=(32, 64, 128), blocks: int = 1, dropout: float = 0.3, downsample: str = "stride") -> nn.Module:
+def cnn(
+    *, num_classes: int, in_channels: int, image_size: tuple[int, int], widths=(32, 64, 128), blocks: int = 1, dropout: float = 0.3, downsample: str = "stride"
+) -> nn.Module:
     return ResNetSmall(num_classes, in_channels, widths, blocks, dropout, downsample)

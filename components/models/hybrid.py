@@ -94,7 +94,9 @@ def feature_fusion(*, num_classes: int, in_channels: int, image_size: tuple[int,
 
 
 @register_model("decision_fusion", family="hybrid")
-def decision_fusion(*, num_classes: int, in_channels: int, image_size: tuple[int, int], members=("cnn", "cnn_lstm"), alpha: float = 0.5, member_hparams: dict | None = None) -> nn.Module:
+def decision_fusion(
+    *, num_classes: int, in_channels: int, image_size: tuple[int, int], members=("cnn", "cnn_lstm"), alpha: float = 0.5, member_hparams: dict | None = None
+) -> nn.Module:
     """Untrained members of the named models; the pipeline loads trained weights and sets α."""
     from components.models import create_model
 

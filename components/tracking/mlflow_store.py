@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -180,10 +180,10 @@ def log_artifacts(run_id: str, paths: Iterable[Path], artifact_path: str | None 
 
 def log_dataset(run_id: str, manifest_csv: Path, data_version: str, data_dir: Path) -> None:
     """The dataset as an MLflow dataset input, its digest the DVC md5 (the lineage key)."""
+    import warnings
+
     import mlflow
     import pandas as pd
-
-    import warnings
 
     df = pd.read_csv(manifest_csv, usecols=["path", "label", "class_name", "split", "sha256"])
     with warnings.catch_warnings():
@@ -238,9 +238,7 @@ def _is_not_found(exc: Exception) -> bool:
         return False
     # RESOURCE_DOES_NOT_EXIST: no such model/version; a missing alias on an existing model is
     # INVALID_PARAMETER_VALUE "... alias ... not found" on the sqlite store and on a server.
-    return exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
-        exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc).lower()
-    )
+    return exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc).lower())
 
 
 def _registry_call(what: str, fn, *args, **kwargs):
@@ -299,7 +297,7 @@ def version_tags(name: str, version: str) -> dict[str, str]:
 
 def set_alias(name: str, alias: str, version: str, *, manual: bool = False, reason: str = "") -> None:
     c = client()
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
     # tags first, the alias last: a failure in between leaves the alias where it was
     tags = {f"{alias}_since": stamp}
     if manual:

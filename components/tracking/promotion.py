@@ -106,7 +106,11 @@ def register_candidates(candidates: list[Candidate], generator: GeneratorCandida
     classifier_version = store.register_version(best.model_uri, store.CLASSIFIER_MODEL, tags)
     gen_version = None
     if generator is not None:
-        gtags = {**_common_tags(lineage, generator.run_id, "gan", "generation"), "gan_test": f"{generator.gan_test:.6f}", "gan_train": f"{generator.gan_train:.6f}"}
+        gtags = {
+            **_common_tags(lineage, generator.run_id, "gan", "generation"),
+            "gan_test": f"{generator.gan_test:.6f}",
+            "gan_train": f"{generator.gan_train:.6f}",
+        }
         gen_version = store.register_version(generator.model_uri, store.GENERATOR_MODEL, gtags)
     return Registration(versions, best, classifier_version, gen_version, generator.gan_test if generator else None)
 
@@ -114,7 +118,9 @@ def register_candidates(candidates: list[Candidate], generator: GeneratorCandida
 Loader = Callable[[str], tuple[Any, Any]]  # model URI → (model, DatasetSpec)
 
 
-def decide(reg: Registration, data_dir: Path, cfg: SelectionConfig, classes: list[str], load: Loader, paired: Callable[[str, Path, Loader], list[bool]]) -> SelectionDecision:
+def decide(
+    reg: Registration, data_dir: Path, cfg: SelectionConfig, classes: list[str], load: Loader, paired: Callable[[str, Path, Loader], list[bool]]
+) -> SelectionDecision:
     """Gate the new classifier version against the current champion; say why, in numbers."""
     challenger_correct = json.loads(Path(reg.best.correct_path).read_text())["correct"]
     champion = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION)  # RegistryError on an outage
@@ -127,9 +133,13 @@ def decide(reg: Registration, data_dir: Path, cfg: SelectionConfig, classes: lis
     uri = f"models:/{store.CLASSIFIER_MODEL}/{champion}"
     _, champ_spec = load(uri)
     if list(champ_spec.classes) != list(classes):
-        change = f"class set changed (champion v{champion}: {len(champ_spec.classes)} classes {_short(champ_spec.classes)}; new: {len(classes)} {_short(classes)})"
+        change = (
+            f"class set changed (champion v{champion}: {len(champ_spec.classes)} classes {_short(champ_spec.classes)}; new: {len(classes)} {_short(classes)})"
+        )
         if cfg.on_class_change == "promote":
-            return SelectionDecision(True, f"{change}: promoted by selection.on_class_change=promote", challenger_accuracy=acc, class_set_changed=True, **common)
+            return SelectionDecision(
+                True, f"{change}: promoted by selection.on_class_change=promote", challenger_accuracy=acc, class_set_changed=True, **common
+            )
         return SelectionDecision(False, f"{change}: champion held by selection.on_class_change=hold; `visionflow promote` to switch",
                                  challenger_accuracy=acc, class_set_changed=True, **common)  # fmt: skip
     champion_correct = paired(uri, data_dir, load)

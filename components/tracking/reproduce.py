@@ -52,7 +52,15 @@ def load_record(run_id: str) -> RunRecord:
         vals = {k.removeprefix("test_"): v for k, v in m.items() if k.removeprefix("test_") in COMPARED and (k.startswith("test_") or k.startswith("gan_"))}
         if vals:
             metrics[key] = vals
-    return RunRecord(run_id, Config.model_validate(raw), tags["data_version"], tags.get("git_commit"), tags.get("code_version"), tags.get("profile", raw.get("profile", "default")), metrics)
+    return RunRecord(
+        run_id,
+        Config.model_validate(raw),
+        tags["data_version"],
+        tags.get("git_commit"),
+        tags.get("code_version"),
+        tags.get("profile", raw.get("profile", "default")),
+        metrics,
+    )
 
 
 @dataclass(frozen=True)

@@ -304,7 +304,9 @@ def _progress(enabled: bool, label: str, epochs: int, start: int):
         return lambda epoch, metrics: None
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TextColumn("{task.fields[info]}")
+    )
     task = bar.add_task(label, total=epochs, completed=start, info="")
     bar.start()
 

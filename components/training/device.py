@@ -42,9 +42,7 @@ def select_device(preference: str = "auto") -> torch.device:
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
     try:
-        flags = next(
-            (line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), ""
-        ).split()
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "").split()
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
