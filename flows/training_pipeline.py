@@ -303,7 +303,8 @@ def _prepare_data(ws: Workspace, cfg: Config, profile: str, source: str | None, 
             log.warning("%s gave data version %s, not %s (data.dvc now points at the new one)", plan.source, data.data_version, plan.version)
     else:
         data = current_data_task(str(ws.root), str(ws.home), cfg.data.dir)
-    log.info("training on data version %s: %d images, %d classes (%s)", data.data_version, data.n_images, len(data.classes), plan.reason)
+    # said before anything trains, whatever the log level: which data, how much, and why this one
+    print(f"training on data version {data.data_version}: {data.n_images} images, {len(data.classes)} classes ({plan.reason})", flush=True)
     return data
 
 

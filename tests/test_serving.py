@@ -169,6 +169,29 @@ def test_batched_requests_keep_their_own_answers_and_errors(server):
     assert two.status_code == 400 and "/classify_batch" in two.text
 
 
+MALFORMED = {  # (path, multipart parts or None for a bare POST, words in the 400's message)
+    "file under another field name": ("/classify", [("file", ("x.png", _png()))], "'file'"),
+    "text field instead of a file": ("/classify", [("image", (None, "not a file"))], "not a file"),
+    "a form with no file at all": ("/classify", [("note", (None, "hello"))], "'note'"),
+    "no body": ("/classify", None, "multipart/form-data"),
+    "two files to /classify": ("/classify", [("image", ("a.png", _png())), ("image", ("b.png", _png()))], "/classify_batch"),
+    "batch under another field name": ("/classify_batch", [("file", ("x.png", _png()))], "'images'"),
+    "batch with a stray field": ("/classify_batch", [("images", ("x.png", _png())), ("other", ("y.png", _png()))], "'other'"),
+}
+
+
+def _assert_malformed_are_400s(base: str) -> None:
+    for case, (path, parts, words) in MALFORMED.items():
+        r = httpx.post(f"{base}{path}", files=parts) if parts else httpx.post(f"{base}{path}")
+        assert r.status_code == 400 and words in r.json()["error"], (case, r.status_code, r.text)
+    assert httpx.post(f"{base}/classify", files={"image": ("x.png", _png())}).status_code == 200  # still serving
+
+
+@pytest.mark.slow
+def test_malformed_forms_are_400s_with_batching(server):
+    _assert_malformed_are_400s(server["base"])
+
+
 @pytest.fixture(scope="module")
 def unbatched(server):
     proc, base = _serve(server["root"], server["uri"], VISIONFLOW_BATCHING="off", VISIONFLOW_MAX_IN_FLIGHT="2")
@@ -197,6 +220,8 @@ def test_unbatched_configuration_and_load_shedding(unbatched):
     assert all(a.headers.get("retry-after") == "1" and "busy" in a.json()["error"] for a in answers if a.status_code == 503)
     assert httpx.get(f"{unbatched}/readyz").status_code == 200
     assert httpx.post(f"{unbatched}/classify", files={"image": ("x.png", _png())}).status_code == 200
+    time.sleep(1.5)  # the shed burst is over
+    _assert_malformed_are_400s(unbatched)
 
 
 @pytest.mark.slow
