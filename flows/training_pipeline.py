@@ -20,6 +20,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -31,6 +32,7 @@ from components.evaluation.report import markdown_table, write_report
 from components.lineage import code_version
 from components.locking import workspace_lock
 from components.models import family_of
+from components.process import STOP
 from components.tracking import mlflow_store as store
 from components.tracking import promotion
 from components.training import runner
@@ -118,11 +120,12 @@ def train_classifier_task(key: str, cfg: Config, data_dir: str, models_dir: str,
     tags = {**lineage, "family": family_of(fam.model), "model": fam.model, "cache_key": cache_key, "trained_on": _this_process()}
     if resumed is not None:
         tags["resumed_after_epoch"] = str(resumed)
-        get_run_logger().info("%s: resuming from the checkpoint of an interrupted run (epoch %d done, continuing at epoch %d)", key, resumed + 1, resumed + 2)
+        get_run_logger().warning(
+            "%s: resuming from the checkpoint of an interrupted run (epoch %d done, continuing at epoch %d)", key, resumed + 1, resumed + 2
+        )
     run_id = store.start_run(exp_id, key, tags, _family_params(fam), parent_id)
-    import mlflow
 
-    with mlflow.start_run(run_id=run_id, log_system_metrics=True):
+    with store.active_run(run_id, log_system_metrics=True):
         result = runner.train_classifier(key, fam, cfg.engine, Path(data_dir), out, resume=resumed is not None, on_epoch_end=store.EpochLogger(run_id))
     store.log_metrics(
         run_id,
@@ -142,11 +145,10 @@ def train_gan_task(cfg: Config, data_dir: str, models_dir: str, cache_key: str, 
     tags = {**lineage, "family": "gan", "model": fam.model, "cache_key": cache_key, "trained_on": _this_process()}
     if resumed is not None:
         tags["resumed_after_epoch"] = str(resumed)
-        get_run_logger().info("gan: resuming from the checkpoint of an interrupted run (epoch %d done, continuing at epoch %d)", resumed + 1, resumed + 2)
+        get_run_logger().warning("gan: resuming from the checkpoint of an interrupted run (epoch %d done, continuing at epoch %d)", resumed + 1, resumed + 2)
     run_id = store.start_run(exp_id, "gan", tags, _family_params(fam), parent_id)
-    import mlflow
 
-    with mlflow.start_run(run_id=run_id, log_system_metrics=True):
+    with store.active_run(run_id, log_system_metrics=True):
         result = runner.train_gan(fam, cfg.engine, Path(data_dir), out, resume=resumed is not None, on_epoch_end=store.EpochLogger(run_id))
     history_path = out / "gan" / "history.json"
     history_path.write_text(json.dumps(result["history"]))
@@ -243,10 +245,7 @@ def package_task(root: str, cfg: Config, decision: promotion.SelectionDecision) 
 @task(name="promote", cache_policy=NO_CACHE)
 def promote_task(decision: promotion.SelectionDecision, parent_id: str) -> None:
     """Aliases move last: everything they promise (evaluation, Bento) exists by now."""
-    import mlflow
-
-    with mlflow.start_run(run_id=parent_id):
-        mlflow.log_dict(decision.as_dict(), "selection.json")
+    store.client().log_dict(parent_id, decision.as_dict(), "selection.json")
     store.client().set_tag(parent_id, "selection", decision.reason[:5000])
     promotion.apply(decision)
 
@@ -386,7 +385,12 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
                 store.client().set_tag(parent, "bento", bento["bento_tag"])
             promote_task(selection, parent)  # aliases move last
     except BaseException as exc:
-        store.end_run(parent, ok=False, killed=isinstance(exc, KeyboardInterrupt))
+        # Ctrl-C, or SIGTERM (Prefect turns it into TerminationSignal inside a flow run): tell the
+        # training threads to stop too, so the process ends now rather than after their last epoch
+        killed = isinstance(exc, (KeyboardInterrupt, TerminationSignal))
+        if killed:
+            STOP.set()
+        store.end_run(parent, ok=False, killed=killed)
         raise
     store.end_run(parent, ok=True)
     table = markdown_table(rows)

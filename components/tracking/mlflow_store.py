@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -145,8 +146,27 @@ def start_run(experiment_id: str, name: str, tags: dict[str, str], params: dict[
 
 
 def end_run(run_id: str, ok: bool, *, killed: bool = False) -> None:
-    """FINISHED, FAILED, or KILLED (stopped by Ctrl-C / SIGTERM)."""
-    client().set_terminated(run_id, "FINISHED" if ok else "KILLED" if killed else "FAILED")
+    """FINISHED, FAILED, or KILLED (stopped by Ctrl-C / SIGTERM), for the run and its nested runs."""
+    c = client()
+    status = "FINISHED" if ok else "KILLED" if killed else "FAILED"
+    exp = c.get_run(run_id).info.experiment_id
+    for child in c.search_runs([exp], f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'", max_results=1000):
+        c.set_terminated(child.info.run_id, status)
+    c.set_terminated(run_id, status)
+
+
+@contextmanager
+def active_run(run_id: str, **kwargs):
+    """`mlflow.start_run(run_id=...)` for MLflow's fluent-only APIs (log_model, log_input, system
+    metrics) without ending the run on exit: a run's final status is the pipeline's to set (end_run),
+    so a run that is killed stays RUNNING until `mark_stale_runs` says KILLED, never FINISHED early."""
+    import mlflow
+
+    mlflow.start_run(run_id=run_id, **kwargs)
+    try:
+        yield
+    finally:
+        mlflow.end_run(status="RUNNING")
 
 
 class EpochLogger:
@@ -189,7 +209,7 @@ def log_dataset(run_id: str, manifest_csv: Path, data_version: str, data_dir: Pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways": it is a local folder
         ds = mlflow.data.from_pandas(df, source=str(data_dir), targets="label", name=f"data@{data_version[:8]}", digest=data_version[:32])
-        with mlflow.start_run(run_id=run_id):
+        with active_run(run_id):
             mlflow.log_input(ds, context="training")
 
 
@@ -219,7 +239,7 @@ def log_model(run_id: str, model, input_example, spec_json: str, *, extra_metada
         warnings.simplefilter("ignore")  # integer-column hint: the GAN's input is class labels
         signature = infer_signature(np.asarray(input_example), output)
     metadata = {"visionflow_spec": json.loads(spec_json), **(extra_metadata or {})}
-    with mlflow.start_run(run_id=run_id):
+    with active_run(run_id):
         info = mlflow.pytorch.log_model(
             model, name="model", signature=signature, input_example=np.asarray(input_example),
             pip_requirements=pip_requirements(), serialization_format="pickle", metadata=metadata,
