@@ -52,6 +52,15 @@ class DataConfig(_Strict):
     split: SplitConfig = SplitConfig()
     dvc_remote: str | None = Field(None, description="any DVC remote URL; default: a local folder inside the workspace")
     max_pixels: int = Field(16_000_000, gt=0, description="decompression-bomb cap per image")
+    channels: Literal["auto", "rgb", "gray"] = Field(
+        "auto", description="the dataset's channel mode, chosen at ingest; auto: the majority of the files (ties: rgb). Every file is converted to it"
+    )
+    image_size: Literal["auto"] | int | tuple[int, int] = Field(
+        "auto", description="training size: auto (the data's one size, else a square of the median shorter side), a side, or [H, W]"
+    )
+    max_side: int = Field(64, ge=8, description="auto image_size: cap on the longer side (keeps CPU training fast)")
+    max_side_gpu: int = Field(128, ge=8, description="auto image_size on a GPU")
+    resize: Literal["crop", "pad", "stretch"] = Field("crop", description="images of other sizes: shorter side + centre crop, pad, or stretch")
 
 
 class ValidationConfig(_Strict):
@@ -90,10 +99,15 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["onecycle", "cosine"] = "onecycle"
     label_smoothing: float = Field(0.05, ge=0, lt=1)
-    augment: Literal["none", "shift", "affine"] = "affine"  # no flips: digits are not symmetric
+    augment: Literal["auto", "none", "shift", "affine", "photo"] = Field(
+        "auto", description="auto: photo for RGB data (random resized crop, flip, colour jitter), affine for gray (digits: no flips)"
+    )
     rotate_deg: float = Field(10.0, ge=0)
     scale: float = Field(0.1, ge=0, lt=1)
     shift_px: float = Field(2.0, ge=0)
+    crop_scale: float = Field(0.6, gt=0, le=1, description="photo: smallest area fraction of a random resized crop")
+    flip: bool = Field(True, description="photo: random horizontal flips")
+    color_jitter: float = Field(0.2, ge=0, lt=1, description="photo: brightness/contrast/saturation within ±this")
     grad_clip: float | None = Field(None, gt=0)
     patience: int = Field(10, ge=1, description="early stopping: epochs without a better val accuracy")
     precision: Literal["auto", "bf16", "fp32"] = "auto"

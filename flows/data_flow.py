@@ -37,9 +37,9 @@ class DataFlowResult:
 
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest_task(source: str, staging: str, cfg: Config, progress: bool) -> dict:
-    result = ingest_mod.ingest(source, Path(staging), cfg.data.split, max_pixels=cfg.data.max_pixels, progress=progress)
-    get_run_logger().info("ingested %d images, %d classes in %.1fs", result.n_images, len(result.classes), result.seconds)
-    return {"n_images": result.n_images, "classes": result.classes, "seconds": result.seconds}
+    result = ingest_mod.ingest(source, Path(staging), cfg.data.split, max_pixels=cfg.data.max_pixels, progress=progress, channels=cfg.data.channels)
+    get_run_logger().info("ingested %s in %.1fs", result.summary(), result.seconds)
+    return {"n_images": result.n_images, "classes": result.classes, "seconds": result.seconds, "summary": result.summary(), "skipped": result.skipped or []}
 
 
 @task(name="validate", cache_policy=NO_CACHE)  # no retries: bad data stays bad
@@ -114,6 +114,6 @@ def _data_flow(ws: Workspace, cfg: Config, source: str | None, progress: bool):
         n_images=facts["n_images"],
         classes=facts["classes"],
         data_docs=str(report.data_docs) if report.data_docs else None,
-        summary=report.summary().replace(str(staging), str(ws.data_dir(cfg.data.dir))),
+        summary=report.summary().replace(str(staging), str(ws.data_dir(cfg.data.dir))) + f"\ningested     : {facts['summary']}",
         ingest_seconds=facts["seconds"],
     )

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from components.config import Config
-from components.data.datasets import load_dataset, load_split
+from components.data.datasets import load_dataset, load_spec_split
 from components.evaluation.drift import data_stats, drift_report
 from components.locking import workspace_lock
 from components.tracking import mlflow_store as store
@@ -38,14 +38,14 @@ def drift_task(root: str, cfg: Config, data_version: str, force: bool) -> dict:
     old_version = (mv.tags or {}).get("data_version")
     parent = c.get_run(mv.run_id).data.tags.get("mlflow.parentRunId") if mv.run_id else None
     data_dir = ws.data_dir(cfg.data.dir)
-    spec, splits = load_dataset(data_dir)
+    spec, splits = load_dataset(data_dir, cfg.data)
     new_stats = data_stats(spec, splits["train"])
     metrics: dict[str, float] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             old_stats = json.loads(Path(c.download_artifacts(parent, "data_stats.json", tmp)).read_text())
         model, cspec = store.load_logged_model(f"models:/{store.CLASSIFIER_MODEL}/{champion}")
-        new_eval = load_split(data_dir, "val", cspec.in_channels, cspec.image_size)
+        new_eval = load_spec_split(data_dir, "val", cspec)
         report = drift_report(old_stats, new_stats, model, cspec, new_eval)
         metrics = report.as_metrics()
     except Exception as exc:  # no reference statistics (an older champion): treat as drifted

@@ -126,7 +126,9 @@ def train_classifier_task(key: str, cfg: Config, data_dir: str, models_dir: str,
     run_id = store.start_run(exp_id, key, tags, _family_params(fam), parent_id)
 
     with store.active_run(run_id, log_system_metrics=True):
-        result = runner.train_classifier(key, fam, cfg.engine, Path(data_dir), out, resume=resumed is not None, on_epoch_end=store.EpochLogger(run_id))
+        result = runner.train_classifier(
+            key, fam, cfg.engine, Path(data_dir), out, resume=resumed is not None, on_epoch_end=store.EpochLogger(run_id), data=cfg.data
+        )
     store.log_metrics(
         run_id,
         {"val_acc": result["val_acc"], "best_epoch": result["best_epoch"], "train_seconds": result["train_seconds"], "train_img_per_s": result["img_per_s"]},
@@ -149,7 +151,7 @@ def train_gan_task(cfg: Config, data_dir: str, models_dir: str, cache_key: str, 
     run_id = store.start_run(exp_id, "gan", tags, _family_params(fam), parent_id)
 
     with store.active_run(run_id, log_system_metrics=True):
-        result = runner.train_gan(fam, cfg.engine, Path(data_dir), out, resume=resumed is not None, on_epoch_end=store.EpochLogger(run_id))
+        result = runner.train_gan(fam, cfg.engine, Path(data_dir), out, resume=resumed is not None, on_epoch_end=store.EpochLogger(run_id), data=cfg.data)
     history_path = out / "gan" / "history.json"
     history_path.write_text(json.dumps(result["history"]))
     return {**{k: v for k, v in result.items() if k != "history"}, "run_id": run_id, "history_path": str(history_path),
@@ -270,12 +272,12 @@ def current_data_task(root: str, home: str, data_name: str) -> DataFlowResult:
 
 
 @task(name="data-stats", cache_policy=NO_CACHE)
-def data_stats_task(data_dir: str, parent_id: str) -> dict:
+def data_stats_task(data_dir: str, parent_id: str, cfg: Config) -> dict:
     """Statistics of the training data, logged on the parent run: the drift check's reference."""
     from components.data.datasets import load_dataset
     from components.evaluation.drift import data_stats
 
-    spec, splits = load_dataset(Path(data_dir))
+    spec, splits = load_dataset(Path(data_dir), cfg.data)
     stats = data_stats(spec, splits["train"])
     store.client().log_dict(parent_id, stats, "data_stats.json")
     return stats
@@ -338,7 +340,7 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
     try:
         store.client().log_dict(parent, cfg.model_dump(mode="json"), "config.json")  # `visionflow reproduce` reads it back
         store.log_dataset(parent, data_dir / "manifest.csv", data.data_version, data_dir)
-        data_stats_task(str(data_dir), parent)
+        data_stats_task(str(data_dir), parent, cfg)
         if retrain_reason:
             store.client().set_tag(parent, "retrain_reason", retrain_reason[:5000])
         if drift:

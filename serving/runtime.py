@@ -13,11 +13,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
-from components.data.datasets import DatasetSpec, to_array
+from components.data.datasets import DatasetSpec, preprocess
 
 log = logging.getLogger("visionflow.serving")
 
@@ -41,11 +40,7 @@ class LoadedModel:
         }
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        s = self.spec
-        x = torch.from_numpy(np.stack([to_array(img, s.in_channels, s.image_size) for img in images])).float().div_(255)
-        mean = torch.tensor(s.mean).view(1, -1, 1, 1)
-        std = torch.tensor(s.std).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return preprocess(images, self.spec)  # the training conversion, from the logged spec
 
     @torch.no_grad()
     def classify(self, images: list[Image.Image]) -> list[dict[str, Any]]:

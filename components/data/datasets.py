@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from components.data.ingest import MANIFEST, read_dataset_info
 
@@ -25,8 +25,9 @@ class DatasetSpec:
     classes: list[str]
     in_channels: int
     image_size: tuple[int, int]  # (H, W)
-    mean: list[float]  # per channel, [0, 1] scale, from the train split
+    mean: list[float]  # per channel, [0, 1] scale, from the train split (or what pretrained weights expect)
     std: list[float]
+    resize: str = "stretch"  # how an image of another size reaches image_size: stretch | crop | pad
 
     @property
     def num_classes(self) -> int:
@@ -57,36 +58,102 @@ def _rows(data_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def to_array(img: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """The training conversion: gray or RGB, resized (bilinear) to (H, W); uint8 (C, H, W)."""
-    img = img.convert("L" if channels == 1 else "RGB")
-    if img.size != (size[1], size[0]):
-        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+RESIZE_MODES = ("crop", "pad", "stretch")
+SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Any decoded image → upright, 8-bit gray (channels 1) or RGB (3): EXIF orientation applied,
+    16-bit scaled (not clipped), transparency composited on white, palette/CMYK converted."""
+    img = ImageOps.exif_transpose(img) if img.getexif().get(0x0112, 1) != 1 else img
+    if img.mode in SIXTEEN_BIT or img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if img.mode != "F" and arr.max() > 255 else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def to_array(img: Image.Image, channels: int, size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
+    """The one preprocessing conversion (training, evaluation, serving, the Bento): upright 8-bit gray
+    or RGB (to_mode), brought to (H, W) by `resize` — crop: shorter side to size + centre crop;
+    pad: longer side to size + centre pad (black); stretch: both sides (bilinear). uint8 (C, H, W)."""
+    img = to_mode(img, channels)
+    h, w = size
+    if img.size != (w, h):
+        if resize == "crop":
+            img = ImageOps.fit(img, (w, h), method=Image.Resampling.BILINEAR)
+        elif resize == "pad":
+            img = ImageOps.pad(img, (w, h), method=Image.Resampling.BILINEAR, color=0)
+        else:
+            img = img.resize((w, h), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def load_split(data_dir: Path, split: str, channels: int, size: tuple[int, int]) -> ImageTensors:
+def preprocess(images: list[Image.Image], spec: DatasetSpec) -> torch.Tensor:
+    """Images → the normalised float batch a model logged with `spec` expects (serving, evaluation)."""
+    x = torch.from_numpy(np.stack([to_array(img, spec.in_channels, spec.image_size, spec.resize) for img in images])).float().div_(255)
+    return normalize(x, spec)
+
+
+def normalize(x01: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
+    c = spec.in_channels
+    mean = torch.tensor(spec.mean, device=x01.device).view(1, c, 1, 1)
+    std = torch.tensor(spec.std, device=x01.device).view(1, c, 1, 1)
+    return (x01 - mean) / std
+
+
+def choose_image_size(sizes: list[tuple[int, int]], image_size, max_side: int) -> tuple[int, int]:
+    """`data.image_size`: an explicit side or [H, W]; or `auto`: the data's one size when all images
+    share it (scaled down, aspect kept, if its longer side is over `max_side`), else a square of the
+    median shorter side, capped at `max_side`."""
+    if image_size != "auto":
+        return (int(image_size), int(image_size)) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+    if not sizes:
+        raise ValueError("no decodable image sizes in the manifest")
+    common = Counter(sizes)
+    if len(common) == 1:
+        h, w = sizes[0]
+        scale = min(1.0, max_side / max(h, w))
+        return max(1, round(h * scale)), max(1, round(w * scale))
+    side = int(np.median([min(h, w) for h, w in sizes]))
+    side = max(8, min(side, max_side))
+    return side, side
+
+
+def load_split(data_dir: Path, split: str, channels: int, size: tuple[int, int], resize: str = "stretch") -> ImageTensors:
     rows = [r for r in _rows(data_dir) if r["split"] == split]
     x = np.empty((len(rows), channels, *size), dtype=np.uint8)
     for i, r in enumerate(rows):
         with Image.open(data_dir / r["path"]) as img:
-            x[i] = to_array(img, channels, size)
+            x[i] = to_array(img, channels, size, resize)
     y = torch.tensor([int(r["label"]) for r in rows], dtype=torch.int64)
     return ImageTensors(torch.from_numpy(x), y, [r["path"] for r in rows])
 
 
-def load_dataset(data_dir: Path, image_size: tuple[int, int] | None = None) -> tuple[DatasetSpec, dict[str, ImageTensors]]:
-    """Spec + train/val/test tensors. Size: the most common image size unless given."""
+def load_spec_split(data_dir: Path, split: str, spec: DatasetSpec) -> ImageTensors:
+    """A split as a model logged with `spec` sees it (evaluation, drift, GAN metrics)."""
+    return load_split(data_dir, split, spec.in_channels, spec.image_size, spec.resize)
+
+
+def load_dataset(data_dir: Path, data_cfg=None, *, max_side: int | None = None) -> tuple[DatasetSpec, dict[str, ImageTensors]]:
+    """Spec + train/val/test tensors, decoded at the training size (`data.image_size`, `data.resize`).
+    Channels: the dataset's channel mode (dataset.json, chosen at ingest), every file converted to it."""
+    from components.config import DataConfig
+
+    cfg = data_cfg or DataConfig()
     info = read_dataset_info(data_dir)
     rows = _rows(data_dir)
-    channels = Counter(int(r["channels"]) for r in rows if r["channels"]).most_common(1)[0][0]
-    if image_size is None:
-        (w, h), _ = Counter((int(r["width"]), int(r["height"])) for r in rows if r["width"]).most_common(1)[0]
-        image_size = (h, w)
-    splits = {s: load_split(data_dir, s, channels, image_size) for s in ("train", "val", "test")}
+    channels = info.get("channels") or Counter(int(r["channels"]) for r in rows if r["channels"]).most_common(1)[0][0]
+    sizes = [(int(r["height"]), int(r["width"])) for r in rows if r["width"]]
+    image_size = choose_image_size(sizes, cfg.image_size, max_side or cfg.max_side)
+    resize = cfg.resize if len(set(sizes)) > 1 else "stretch"  # one shared size: aspect kept, nothing to crop
+    splits = {s: load_split(data_dir, s, channels, image_size, resize) for s in ("train", "val", "test")}
     train = splits["train"].x.float().div_(255)
     mean = train.mean(dim=(0, 2, 3)).tolist()
     std = train.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    spec = DatasetSpec(list(info["classes"]), channels, tuple(image_size), [round(m, 6) for m in mean], [round(s, 6) for s in std])
+    spec = DatasetSpec(list(info["classes"]), int(channels), tuple(image_size), [round(m, 6) for m in mean], [round(s, 6) for s in std], resize)
     return spec, splits

@@ -29,13 +29,15 @@ from PIL import Image
 
 from components.config import BUNDLED_MNIST, SplitConfig
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # any case
+# OS and tool litter, never images, ignored without a word (anything else that is skipped is named)
+LITTER = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"}
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
 DATASET_INFO = "dataset.json"
 MANIFEST_COLUMNS = [
     "path", "label", "class_name", "split", "sha256", "width", "height", "channels",
-    "mode", "bytes", "pixel_mean", "pixel_std", "decode_error",
+    "mode", "bytes", "pixel_mean", "pixel_std", "decode_error", "converted",
 ]  # fmt: skip
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
@@ -51,6 +53,18 @@ class IngestResult:
     classes: list[str]
     split_mode: str  # "stratified" or "given"
     seconds: float
+    channels: int = 1  # the dataset's channel mode; every file is converted to it when loaded
+    converted: dict[str, int] | None = None  # e.g. {"L→RGB": 12, "exif-rotated": 3}
+    skipped: list[str] | None = None  # files that are not images (relative paths), never silently dropped
+
+    def summary(self) -> str:
+        parts = [f"{self.n_images} images, {len(self.classes)} classes, {'RGB' if self.channels == 3 else 'gray'}"]
+        if self.converted:
+            parts.append("converted on load: " + ", ".join(f"{n} {k}" for k, n in sorted(self.converted.items())))
+        if self.skipped:
+            shown = ", ".join(self.skipped[:10]) + (f", ... {len(self.skipped) - 10} more" if len(self.skipped) > 10 else "")
+            parts.append(f"skipped {len(self.skipped)} file(s) that are not images ({'/'.join(IMAGE_EXTENSIONS)}): {shown}")
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -71,7 +85,7 @@ def image_facts(data: bytes, max_pixels: int = 16_000_000) -> dict[str, object]:
     """
     facts: dict[str, object] = {
         "width": "", "height": "", "channels": "", "mode": "",
-        "pixel_mean": "", "pixel_std": "", "decode_error": "",
+        "pixel_mean": "", "pixel_std": "", "decode_error": "", "exif_orientation": 1,
     }  # fmt: skip
     if not data:
         facts["decode_error"] = "empty file"
@@ -79,13 +93,18 @@ def image_facts(data: bytes, max_pixels: int = 16_000_000) -> dict[str, object]:
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
-            facts.update(width=width, height=height, mode=img.mode)
+            orientation = img.getexif().get(0x0112, 1)
+            if orientation in (5, 6, 7, 8):  # EXIF: stored on its side; the upright image is the other way round
+                width, height = height, width
+            facts.update(width=width, height=height, mode=img.mode, exif_orientation=orientation)
             if width * height > max_pixels:
                 facts["decode_error"] = f"{width}x{height} is over the {max_pixels:,}-pixel cap"
                 return facts
             img.load()  # raises on truncated data
             gray = img.mode in GRAY_MODES
-            arr = np.asarray(img.convert("L" if gray else "RGB"), dtype=np.float32)
+            from components.data.datasets import to_mode  # the loader's conversion: the stats describe what trains
+
+            arr = np.asarray(to_mode(img, 1 if gray else 3), dtype=np.float32)
         facts.update(
             channels=1 if gray else 3,
             pixel_mean=round(float(arr.mean()), 3),
@@ -153,25 +172,58 @@ def _encode_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _scan_folder(source: Path) -> tuple[list[_Item], str]:
+def _is_litter(path: Path) -> bool:
+    name = path.name
+    return name.startswith(".") or name.lower() in LITTER or name.startswith("._")
+
+
+def _scan_folder(source: Path) -> tuple[list[_Item], str, list[str]]:
+    """Image files by class folder; hidden files and OS litter ignored; every other file named in `skipped`."""
     if not source.is_dir():
         raise IngestError(f"--source {source}: not a folder; give a folder of class sub-folders")
     subdirs = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
     given = {p.name for p in subdirs} >= set(SPLITS)
     roots = [(source / s, s) for s in SPLITS] if given else [(source, None)]
     items: list[_Item] = []
+    skipped: list[str] = []
     for root, split in roots:
+        for file in sorted(p for p in root.iterdir() if p.is_file() and not _is_litter(p)):
+            skipped.append(file.relative_to(source).as_posix())  # a file outside any class folder
         for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for file in sorted(class_dir.rglob("*")):
-                if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
+                if not file.is_file() or any(part.startswith(".") for part in file.relative_to(class_dir).parts[:-1]) or _is_litter(file):
+                    continue
+                if file.suffix.lower() in IMAGE_EXTENSIONS:
                     items.append(_Item(class_dir.name, file.relative_to(class_dir).as_posix(), split))
+                else:
+                    skipped.append(file.relative_to(source).as_posix())
     classes = sorted({it.class_name for it in items})
     if len(classes) < 2:
         raise IngestError(
             f"--source {source}: found {len(classes)} class folder(s) with images; "
             f"need >= 2 sub-folders of {'/'.join(IMAGE_EXTENSIONS)} files, one per class"
         )
-    return items, "given" if given else "stratified"
+    return items, "given" if given else "stratified", skipped
+
+
+def choose_channels(policy: str, native: list[int]) -> int:
+    """`data.channels`: rgb → 3, gray → 1, auto → the majority of the files (a tie: RGB)."""
+    if policy != "auto":
+        return 3 if policy == "rgb" else 1
+    gray = sum(1 for c in native if c == 1)
+    return 1 if gray > len(native) - gray else 3
+
+
+def conversion(row: dict, channels: int) -> str:
+    """What the loader does to this file beyond decoding: e.g. "L→RGB", "RGBA→RGB+exif-rotated"."""
+    steps = []
+    mode = str(row.get("mode") or "")
+    target = "L" if channels == 1 else "RGB"
+    if mode and mode != target:
+        steps.append(f"{mode}→{target}")
+    if int(row.get("exif_orientation") or 1) != 1:
+        steps.append("exif-rotated")
+    return "+".join(steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +255,7 @@ def ingest(
     *,
     max_pixels: int = 16_000_000,
     progress: bool = False,
+    channels: str = "auto",
 ) -> IngestResult:
     """Materialise `source` into an empty `out_dir` (a staging folder; validation decides its fate)."""
     start = time.perf_counter()
@@ -233,11 +286,12 @@ def ingest(
                 "sha256": hashlib.sha256(data).hexdigest(), "width": 28, "height": 28,
                 "channels": 1, "mode": "L", "bytes": len(data),
                 "pixel_mean": round(float(pix.mean()), 3), "pixel_std": round(float(pix.std()), 3),
-                "decode_error": "",
+                "decode_error": "", "converted": "",
             })  # fmt: skip
+        skipped: list[str] = []
     else:
         src = Path(source).expanduser()
-        items, split_mode = _scan_folder(src)
+        items, split_mode, skipped = _scan_folder(src)
         source_name = src.resolve().name  # not the absolute path: keeps the md5 machine-independent
         classes = sorted({it.class_name for it in items})
         if split_mode == "stratified":
@@ -259,15 +313,26 @@ def ingest(
                 **image_facts(data, max_pixels),
             })  # fmt: skip
 
+    n_channels = choose_channels(channels, [int(r["channels"]) for r in rows if r.get("channels") not in ("", None)])
+    converted: dict[str, int] = {}
+    for r in rows:
+        if "converted" not in r or r.get("exif_orientation") is not None:
+            r["converted"] = conversion(r, n_channels) if not r.get("decode_error") else ""
+        r.pop("exif_orientation", None)
+        for step in filter(None, r["converted"].split("+")):
+            converted[step] = converted.get(step, 0) + 1
     info = {
-        "format": 1,
+        "format": 2,
         "source": source_name,
         "classes": classes,
+        "channels": n_channels,
+        "converted": dict(sorted(converted.items())),
+        "skipped": skipped,
         "split_mode": split_mode,
         "split": split.model_dump() if split_mode == "stratified" else None,
     }
     _write_outputs(out_dir, rows, info)
-    return IngestResult(out_dir, len(rows), classes, split_mode, time.perf_counter() - start)
+    return IngestResult(out_dir, len(rows), classes, split_mode, time.perf_counter() - start, n_channels, converted, skipped)
 
 
 def read_dataset_info(data_dir: Path) -> dict:

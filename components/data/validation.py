@@ -149,7 +149,7 @@ def _split_table(files: pd.DataFrame, split: SplitConfig, mode: str) -> pd.DataF
 # Suites
 
 
-def _suites(cfg: ValidationConfig, classes: list[str], channels: int, mode: str) -> dict[str, list]:
+def _suites(cfg: ValidationConfig, classes: list[str], channels: int, mode: str, converts: bool = False) -> dict[str, list]:
     import great_expectations as gx
 
     E = gx.expectations
@@ -174,7 +174,9 @@ def _suites(cfg: ValidationConfig, classes: list[str], channels: int, mode: str)
             E.ExpectColumnPairValuesToBeEqual(column_A="label", column_B="label_of_class", meta={"why": "label matches its class name"}),
             E.ExpectCompoundColumnsToBeUnique(column_list=["split", "sha256"], meta={"why": "no file appears twice in one split"}),
             E.ExpectColumnValuesToBeBetween(column="splits_sharing_file", min_value=1, max_value=1, meta={"why": "no file appears in two splits (leakage)"}),
-            E.ExpectColumnValuesToBeInSet(column="channels", value_set=[channels], meta={"why": f"channels consistent across the dataset ({channels})"}),
+            (E.ExpectColumnValuesToBeInSet(column="channels", value_set=[1, 3], meta={"why": f"every file converts to the dataset's {'RGB' if channels == 3 else 'gray'} mode"})
+             if converts else
+             E.ExpectColumnValuesToBeInSet(column="channels", value_set=[channels], meta={"why": f"channels consistent across the dataset ({channels})"})),  # fmt: skip
             E.ExpectColumnValuesToBeBetween(column="width", **side, meta={"why": f"width within [{cfg.min_image_side}, {cfg.max_image_side}]"}),
             E.ExpectColumnValuesToBeBetween(column="height", **side, meta={"why": f"height within [{cfg.min_image_side}, {cfg.max_image_side}]"}),
             E.ExpectColumnValuesToBeBetween(column="pixel_mean", min_value=cfg.pixel_mean_min, max_value=cfg.pixel_mean_max, meta={"why": f"pixel mean within [{cfg.pixel_mean_min:g}, {cfg.pixel_mean_max:g}]"}),
@@ -217,8 +219,9 @@ def validate(
     import great_expectations as gx
 
     files, classes, mode = collect_facts(data_dir, max_pixels)
+    declared = read_dataset_info(data_dir).get("channels")  # ingest chose the mode; every file converts to it
     majority = files["channels"].dropna().mode()
-    channels = int(majority.iloc[0]) if len(majority) else 1
+    channels = int(declared or (majority.iloc[0] if len(majority) else 1))
     tables = {
         "files": files,
         "class_splits": _class_split_table(files, classes),
@@ -242,7 +245,7 @@ def validate(
     source = ctx.data_sources.add_pandas(name="visionflow")
     failures: list[Failure] = []
     n_expectations = 0
-    for table, expectations in _suites(cfg, classes, channels, mode).items():
+    for table, expectations in _suites(cfg, classes, channels, mode, converts=declared is not None).items():
         batch_def = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe(table)
         suite = ctx.suites.add(gx.ExpectationSuite(name=f"visionflow_{table}"))
         for expectation in expectations:

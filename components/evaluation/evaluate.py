@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from components.config import EngineConfig, EvaluationConfig, TrainConfig
-from components.data.datasets import load_split
+from components.data.datasets import load_spec_split
 from components.evaluation.gan_metrics import gan_test, gan_train, generate
 from components.evaluation.metrics import evaluate_classifier, probabilities
 from components.evaluation.plots import confusion_matrix_png, gan_grid_png, loss_curves_png, saliency_png
@@ -19,7 +19,7 @@ from components.training.runner import load_trained
 
 def evaluate_classifier_file(key: str, model_path: str, data_dir: Path, out_dir: Path, cfg: EvaluationConfig) -> dict[str, Any]:
     model, spec = load_trained(model_path)
-    test = load_split(data_dir, "test", spec.in_channels, spec.image_size)
+    test = load_spec_split(data_dir, "test", spec)
     ev = evaluate_classifier(model, spec, test, latency_runs=cfg.latency_runs, noise=cfg.noise_sigmas, eps=cfg.fgsm_eps)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = [
@@ -38,7 +38,7 @@ def evaluate_gan_file(gan_path: str, judge_path: str, data_dir: Path, out_dir: P
     """GAN-test with the judge classifier, GAN-train with a fresh cnn, sample grid, loss curves."""
     gan, spec = load_trained(gan_path)
     judge, _ = load_trained(judge_path)
-    real_test = load_split(data_dir, "test", spec.in_channels, spec.image_size)
+    real_test = load_spec_split(data_dir, "test", spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     g_test = gan_test(gan, judge, spec, n=cfg.gan_test_samples, seed=seed)
     g_train = gan_train(gan, spec, real_test, n=cfg.gan_train_samples,
@@ -59,5 +59,5 @@ def evaluate_gan_file(gan_path: str, judge_path: str, data_dir: Path, out_dir: P
 def paired_correct(model_uri_or_path: str, data_dir: Path, loader) -> list[bool]:
     """Correctness of a (champion) model on this data's test split, in manifest order."""
     model, spec = loader(model_uri_or_path)
-    test = load_split(data_dir, "test", spec.in_channels, spec.image_size)
+    test = load_spec_split(data_dir, "test", spec)
     return (probabilities(model, test.x.float() / 255, spec).argmax(1) == test.y).tolist()

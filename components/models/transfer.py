@@ -46,13 +46,40 @@ def _replace(model: nn.Module, dotted: str, new: nn.Module) -> None:
         setattr(parent, last, new)
 
 
-class ResizeInput(nn.Module):
-    """Resizes inputs to a fixed size (when the data's size differs) before the wrapped net."""
+IMAGENET_MEAN = [0.485, 0.456, 0.406]  # what torchvision's pretrained classifiers expect
+IMAGENET_STD = [0.229, 0.224, 0.225]
 
-    def __init__(self, net: nn.Module, size: tuple[int, int] | None):
+
+def expected_input(model_name: str, hparams: dict, spec):
+    """The spec a model should be fed: pretrained torchvision weights expect ImageNet's normalisation
+    (averaged for gray data), so the logged spec — and with it serving — uses theirs, not the data's."""
+    from dataclasses import replace
+
+    if not model_name.startswith("torchvision:") or not (hparams.get("weights_path") or hparams.get("weights")):
+        return spec
+    if spec.in_channels == 3:
+        return replace(spec, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+    return replace(spec, mean=[sum(IMAGENET_MEAN) / 3] * spec.in_channels, std=[sum(IMAGENET_STD) / 3] * spec.in_channels)
+
+
+class ResizeInput(nn.Module):
+    """Resizes inputs to a fixed size (when the data's size differs) before the wrapped net. With a
+    frozen backbone its BatchNorm layers stay in eval mode (their running statistics are the
+    pretrained ones), also while the head trains."""
+
+    def __init__(self, net: nn.Module, size: tuple[int, int] | None, frozen: bool = False):
         super().__init__()
         self.net = net
         self.size = size
+        self.frozen = frozen
+
+    def train(self, mode: bool = True) -> "ResizeInput":
+        super().train(mode)
+        if self.frozen:
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
@@ -67,9 +94,13 @@ def torchvision_classifier(
     in_channels: int,
     image_size: tuple[int, int],
     weights_path: str | None = None,
+    weights: str | None = None,
     freeze_backbone: bool = False,
     min_side: int = 32,
 ) -> nn.Module:
+    """`weights_path`: a local state_dict (safetensors or torch); `weights`: a torchvision weights
+    enum name ("DEFAULT", "IMAGENET1K_V1") — torchvision downloads it into TORCH_HOME (the workspace)
+    once, so it needs the network where `weights_path` does not."""
     import torchvision
 
     if arch not in torchvision.models.list_models(module=torchvision.models):
@@ -81,7 +112,14 @@ def torchvision_classifier(
         side = math.ceil(max(h, w) / patch) * patch
         h = w = side
         kwargs["image_size"] = side
-    net = torchvision.models.get_model(arch, weights=None, **kwargs)
+    if weights and weights_path:
+        raise ValueError("give weights (a torchvision enum name) or weights_path (a local file), not both")
+    enum = torchvision.models.get_model_weights(arch)[weights] if weights and weights != "DEFAULT" else (
+        torchvision.models.get_model_weights(arch).DEFAULT if weights else None)  # fmt: skip
+    try:
+        net = torchvision.models.get_model(arch, weights=enum, **kwargs)
+    except OSError as exc:  # URLError is an OSError: offline
+        raise RuntimeError(f"torchvision:{arch} weights {weights} could not be downloaded ({exc}); put a local file in hparams.weights_path") from None
     if weights_path:
         state = load_state_dict(weights_path)
         missing, unexpected = net.load_state_dict(state, strict=False)
@@ -104,4 +142,4 @@ def torchvision_classifier(
     old_head = net.get_submodule(last_linear)
     _replace(net, last_linear, nn.Linear(old_head.in_features, num_classes))
     needs_resize = (h, w) != tuple(image_size)
-    return ResizeInput(net, (h, w) if needs_resize else None)
+    return ResizeInput(net, (h, w) if needs_resize else None, frozen=freeze_backbone)

@@ -13,10 +13,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from components.config import ClassifierFamily, DecisionFusionFamily, EngineConfig, GanFamily
-from components.data.datasets import DatasetSpec, ImageTensors, load_dataset
+from components.config import ClassifierFamily, DataConfig, DecisionFusionFamily, EngineConfig, GanFamily
+from components.data.datasets import DatasetSpec, ImageTensors, load_dataset, load_spec_split
 from components.models import create_model, family_of
 from components.models.hybrid import choose_alpha
+from components.models.transfer import expected_input
 from components.training.classifier import Batcher, EpochCallback, dist_rank_world, evaluate, fit, predict_proba
 from components.training.device import select_device
 from components.training.gan import fit_gan
@@ -42,6 +43,13 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     return _build(torch.load(path, map_location="cpu", weights_only=True), device)
 
 
+def load_for_training(data_dir: Path, data: DataConfig | None, engine: EngineConfig) -> tuple[DatasetSpec, dict[str, ImageTensors]]:
+    """The dataset at the training size: `data.max_side` caps an automatic size on a CPU, `max_side_gpu` on a GPU."""
+    data = data or DataConfig()
+    gpu = select_device(engine.device).type == "cuda"
+    return load_dataset(data_dir, data, max_side=data.max_side_gpu if gpu else data.max_side)
+
+
 def _seeded_model(name: str, spec: DatasetSpec, hparams: dict, seed: int) -> nn.Module:
     torch.manual_seed(seed)  # model initialisation is part of the seed's determinism
     return create_model(name, num_classes=spec.num_classes, in_channels=spec.in_channels, image_size=spec.image_size, **hparams)
@@ -57,8 +65,10 @@ def train_classifier(
     resume: bool = False,
     on_epoch_end: EpochCallback | None = None,
     loaded: tuple[DatasetSpec, dict[str, ImageTensors]] | None = None,
+    data: DataConfig | None = None,
 ) -> dict[str, Any]:
-    spec, splits = loaded or load_dataset(data_dir)
+    spec, splits = loaded or load_for_training(data_dir, data, engine)
+    spec = expected_input(fam.model, fam.hparams, spec)  # pretrained weights bring their own normalisation
     model = _seeded_model(fam.model, spec, fam.hparams, fam.train.seed)
     res = fit(model, splits["train"], splits["val"], spec, fam.train, engine, workdir=out_dir / key / "checkpoints",
               resume=resume, on_epoch_end=on_epoch_end, label=key)  # fmt: skip
@@ -82,8 +92,9 @@ def train_gan(
     resume: bool = False,
     on_epoch_end: EpochCallback | None = None,
     loaded: tuple[DatasetSpec, dict[str, ImageTensors]] | None = None,
+    data: DataConfig | None = None,
 ) -> dict[str, Any]:
-    spec, splits = loaded or load_dataset(data_dir)
+    spec, splits = loaded or load_for_training(data_dir, data, engine)
     gan = _seeded_model(fam.model, spec, fam.hparams, fam.train.seed)
     res = fit_gan(gan, splits["train"], fam.train, engine, workdir=out_dir / "gan" / "checkpoints", resume=resume, on_epoch_end=on_epoch_end)
     path = save_trained(gan, fam.model, fam.hparams, spec, out_dir / "gan" / MODEL_FILE)
@@ -99,14 +110,18 @@ def fuse(
     *,
     loaded: tuple[DatasetSpec, dict[str, ImageTensors]] | None = None,
 ) -> dict[str, Any]:
-    """Decision fusion of two trained classifiers; α chosen on the validation split only."""
-    spec, splits = loaded or load_dataset(data_dir)
+    """Decision fusion of two trained classifiers; α chosen on the validation split only. Each member
+    sees the validation split through its own spec (pretrained members normalise differently)."""
     device = select_device("auto")
     blobs = [torch.load(member_paths[k], map_location="cpu", weights_only=True) for k in fam.members]
-    (m1, _), (m2, _) = (_build(b, device) for b in blobs)
+    (m1, s1), (m2, s2) = (_build(b, device) for b in blobs)
+    if s1 != s2:  # y = α·f1(x) + (1−α)·f2(x) needs one x: the same size, channels and normalisation
+        raise ValueError(f"decision_fusion: members {fam.members} were trained with different preprocessing ({s1} vs {s2})")
+    spec = s1
+    val = loaded[1]["val"] if loaded else load_spec_split(data_dir, "val", spec)
     batcher = Batcher(spec, device, channels_last=False)
-    p1, p2 = (predict_proba(m, splits["val"], batcher) for m in (m1, m2))
-    alpha, val_acc = choose_alpha(p1, p2, splits["val"].y, fam.alpha_steps)
+    p1, p2 = (predict_proba(m, val, batcher) for m in (m1, m2))
+    alpha, val_acc = choose_alpha(p1, p2, val.y, fam.alpha_steps)
     hparams = {"members": [b["model_name"] for b in blobs], "alpha": alpha, "member_hparams": {b["model_name"]: b["hparams"] for b in blobs}}
     if blobs[0]["model_name"] == blobs[1]["model_name"] and blobs[0]["hparams"] != blobs[1]["hparams"]:
         raise ValueError("decision_fusion: two members of the same model need the same hparams")
