@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-IMAGE_FORMATS = {"PNG", "JPEG", "BMP", "MPO"}  # MPO: camera JPEGs
+IMAGE_FORMATS = {"PNG", "JPEG", "BMP", "MPO", "WEBP", "TIFF", "GIF"}  # MPO: camera JPEGs; as ingest reads
 
 
 class InputError(ValueError):
@@ -129,9 +129,9 @@ def decode_image(data: bytes, max_pixels: int, max_bytes: int) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
     except Exception:
-        raise InputError("not an image: expected PNG, JPEG or BMP bytes") from None
+        raise InputError("not an image: expected PNG, JPEG, BMP, WebP, TIFF or GIF bytes") from None
     if img.format not in IMAGE_FORMATS:
-        raise InputError(f"unsupported image format {img.format}: send PNG, JPEG or BMP")
+        raise InputError(f"unsupported image format {img.format}: send PNG, JPEG, BMP, WebP, TIFF or GIF")
     w, h = img.size
     if w * h > max_pixels:  # checked from the header, before decoding: decompression bombs
         raise InputError(f"image is {w}x{h} = {w * h:,} pixels, over the {max_pixels:,}-pixel cap", 413)

@@ -68,13 +68,16 @@ def photo_augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator | None
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return torch.rand(n, generator=gen).mul_(hi - lo).add_(lo)
 
-    area = uniform(cfg.crop_scale, 1.0)
-    log_ratio = uniform(math.log(3 / 4), math.log(4 / 3))
-    ratio = torch.exp(log_ratio)
-    sx = torch.sqrt(area * ratio).clamp(max=1.0)  # crop width / image width
-    sy = torch.sqrt(area / ratio).clamp(max=1.0)
-    tx = uniform(-1.0, 1.0) * (1 - sx)  # the crop stays inside the image
-    ty = uniform(-1.0, 1.0) * (1 - sy)
+    if cfg.crop_scale < 1:
+        area = uniform(cfg.crop_scale, 1.0)
+        ratio = torch.exp(uniform(math.log(3 / 4), math.log(4 / 3)))
+        sx = torch.sqrt(area * ratio).clamp(max=1.0)  # crop width / image width
+        sy = torch.sqrt(area / ratio).clamp(max=1.0)
+        tx = uniform(-1.0, 1.0) * (1 - sx)  # the crop stays inside the image
+        ty = uniform(-1.0, 1.0) * (1 - sy)
+    else:  # crop_scale 1: no crop
+        sx = sy = torch.ones(n)
+        tx = ty = torch.zeros(n)
     flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0) if cfg.flip else torch.ones(n)
     zeros = torch.zeros(n)
     theta = torch.stack([torch.stack([sx * flip, zeros, tx], 1), torch.stack([zeros, sy, ty], 1)], 1).to(x.device)
