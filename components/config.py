@@ -61,6 +61,10 @@ class DataConfig(_Strict):
     max_side: int = Field(64, ge=8, description="auto image_size: cap on the longer side (keeps CPU training fast)")
     max_side_gpu: int = Field(128, ge=8, description="auto image_size on a GPU")
     resize: Literal["crop", "pad", "stretch"] = Field("crop", description="images of other sizes: shorter side + centre crop, pad, or stretch")
+    memory_budget_mb: int = Field(
+        2048, ge=0, description="decoded dataset (at the training size) above this (0: always): images are decoded from disk in DataLoader workers each epoch"
+    )
+    loader_workers: int = Field(2, ge=0, description="DataLoader worker processes when streaming from disk")
 
 
 class ValidationConfig(_Strict):

@@ -192,3 +192,25 @@ def test_ingest_photos_then_run_trains_on_them_serves_them_and_earlier_versions_
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_streaming_from_disk_gives_the_in_memory_first_epoch(tmp_path):
+    """Above the memory budget images are decoded from disk by DataLoader workers; the batches, and so
+    the first epoch's loss for the same seed, are those of the in-memory path (no augmentation)."""
+    from components.config import DataConfig, EngineConfig
+    from components.data.datasets import load_dataset
+    from components.models import create_model
+    from components.training.classifier import fit
+
+    src = make_photo_folder(tmp_path / "src", per_class=20, classes=("circle", "square"), min_side=40, max_side=60)
+    ingest(src, tmp_path / "data")
+    histories = []
+    for budget in (2048, 0):
+        spec, splits = load_dataset(tmp_path / "data", DataConfig(max_side=24, memory_budget_mb=budget, loader_workers=2))
+        assert splits["train"].streaming == (budget == 0)
+        torch.manual_seed(0)
+        model = create_model("cnn", num_classes=2, in_channels=3, image_size=spec.image_size, widths=[4, 8])
+        cfg = TrainConfig(epochs=1, batch_size=8, augment="none", seed=0)
+        res = fit(model, splits["train"], splits["val"], spec, cfg, EngineConfig(progress=False), workdir=tmp_path / f"w{budget}")
+        histories.append(res.history[0])
+    assert histories[0]["train_loss"] == histories[1]["train_loss"] and histories[0]["val_loss"] == histories[1]["val_loss"]

@@ -43,14 +43,66 @@ class DatasetSpec:
         return cls(**d)
 
 
+class DiskImages:
+    """A split's uint8 pixels decoded from disk on demand, for data larger than the memory budget.
+    `x[idx]` decodes those images here; `ImageTensors.batches` decodes whole batches in DataLoader
+    worker processes, in the order given, so training sees exactly the batches it would in memory."""
+
+    def __init__(self, files: list[Path], channels: int, size: tuple[int, int], resize: str):
+        self.files, self.channels, self.size, self.resize = files, channels, size, resize
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.files), self.channels, *self.size)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if isinstance(idx, slice):
+            idx = range(*idx.indices(len(self.files)))
+        idx = [int(i) for i in (idx.tolist() if isinstance(idx, torch.Tensor) else idx)]
+        out = np.empty((len(idx), self.channels, *self.size), dtype=np.uint8)
+        for k, i in enumerate(idx):
+            with Image.open(self.files[i]) as img:
+                out[k] = to_array(img, self.channels, self.size, self.resize)
+        return torch.from_numpy(out)
+
+
+class _Batches(torch.utils.data.Dataset):
+    def __init__(self, x: DiskImages, batches: list[torch.Tensor]):
+        self.x, self.batches = x, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        return self.x[self.batches[k]]
+
+
 @dataclass
 class ImageTensors:
-    x: torch.Tensor  # uint8, (N, C, H, W)
+    x: torch.Tensor | DiskImages  # uint8, (N, C, H, W); DiskImages: decoded on demand (streaming)
     y: torch.Tensor  # int64, (N,)
     paths: list[str]
+    workers: int = 2  # DataLoader worker processes when streaming
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.x, DiskImages)
+
+    def batches(self, index_batches: list[torch.Tensor]):
+        """The uint8 pixels of each batch of indices, in order: sliced from memory, or decoded from
+        disk by `workers` DataLoader processes (prefetching) when streaming."""
+        if not self.streaming:
+            return (self.x[idx] for idx in index_batches)
+        loader = torch.utils.data.DataLoader(_Batches(self.x, index_batches), batch_size=None, shuffle=False,
+                                             num_workers=self.workers, prefetch_factor=4 if self.workers else None,
+                                             generator=torch.Generator())  # its own: the global RNG (dropout) stays the in-memory path's  # fmt: skip
+        return iter(loader)
 
 
 def _rows(data_dir: Path) -> list[dict[str, str]]:
@@ -134,6 +186,25 @@ def load_split(data_dir: Path, split: str, channels: int, size: tuple[int, int],
     return ImageTensors(torch.from_numpy(x), y, [r["path"] for r in rows])
 
 
+STATS_SAMPLE = 5000  # normalisation statistics from at most this many training images (the same ones either path)
+
+
+def stats_sample(data: ImageTensors) -> torch.Tensor:
+    """uint8 pixels of the images that set the normalisation: all of them up to STATS_SAMPLE, else an
+    evenly spaced, deterministic subset — identical for the in-memory and the streaming path."""
+    n = len(data)
+    if n <= STATS_SAMPLE:
+        return data.x[:] if data.streaming else data.x
+    return data.x[torch.linspace(0, n - 1, STATS_SAMPLE).long()]
+
+
+def disk_split(data_dir: Path, split: str, channels: int, size: tuple[int, int], resize: str = "stretch") -> ImageTensors:
+    """A split that stays on disk (streaming): paths and labels now, pixels when a batch needs them."""
+    rows = [r for r in _rows(data_dir) if r["split"] == split]
+    y = torch.tensor([int(r["label"]) for r in rows], dtype=torch.int64)
+    return ImageTensors(DiskImages([data_dir / r["path"] for r in rows], channels, size, resize), y, [r["path"] for r in rows])
+
+
 def load_spec_split(data_dir: Path, split: str, spec: DatasetSpec) -> ImageTensors:
     """A split as a model logged with `spec` sees it (evaluation, drift, GAN metrics)."""
     return load_split(data_dir, split, spec.in_channels, spec.image_size, spec.resize)
@@ -151,8 +222,12 @@ def load_dataset(data_dir: Path, data_cfg=None, *, max_side: int | None = None) 
     sizes = [(int(r["height"]), int(r["width"])) for r in rows if r["width"]]
     image_size = choose_image_size(sizes, cfg.image_size, max_side or cfg.max_side)
     resize = cfg.resize if len(set(sizes)) > 1 else "stretch"  # one shared size: aspect kept, nothing to crop
-    splits = {s: load_split(data_dir, s, channels, image_size, resize) for s in ("train", "val", "test")}
-    train = splits["train"].x.float().div_(255)
+    per_image = int(channels) * image_size[0] * image_size[1]
+    streaming = len(rows) * per_image > cfg.memory_budget_mb * 2**20  # decoded at the training size
+    splits = {s: (disk_split if streaming else load_split)(data_dir, s, channels, image_size, resize) for s in ("train", "val", "test")}
+    for split in splits.values():
+        split.workers = cfg.loader_workers
+    train = stats_sample(splits["train"]).float().div_(255)
     mean = train.mean(dim=(0, 2, 3)).tolist()
     std = train.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     spec = DatasetSpec(list(info["classes"]), int(channels), tuple(image_size), [round(m, 6) for m in mean], [round(s, 6) for s in std], resize)

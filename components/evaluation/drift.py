@@ -18,7 +18,9 @@ from components.data.datasets import DatasetSpec, ImageTensors
 
 
 def data_stats(spec: DatasetSpec, train: ImageTensors) -> dict:
-    x = train.x.float() / 255
+    from components.data.datasets import stats_sample
+
+    x = stats_sample(train).float() / 255  # the images that set the normalisation (all, or a fixed sample)
     counts = torch.bincount(train.y, minlength=spec.num_classes).tolist()
     return {"classes": spec.classes, "class_counts": counts, "pixel_mean": float(x.mean()), "pixel_std": float(x.std()), "n": len(train)}
 

@@ -142,12 +142,10 @@ def train_one_epoch(
     order = order[: per_rank * world][rank::world]  # DDP: every rank draws the same order, takes its share
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    for i in range(0, len(order), batch_size):
+    batches = [b for b in (order[i : i + batch_size] for i in range(0, len(order), batch_size)) if len(b) >= 2]  # BatchNorm needs 2
+    for idx, xb in zip(batches, data.batches(batches)):  # from memory, or decoded from disk by workers
         check_stop()  # SIGTERM / Ctrl-C: a training thread ends within a batch
-        idx = order[i : i + batch_size]
-        if len(idx) < 2:  # BatchNorm cannot train on a single sample
-            continue
-        x = batcher(data.x[idx], gen)
+        x = batcher(xb, gen)
         y = data.y[idx].to(batcher.device, non_blocking=True)
         with _autocast(batcher.device, bf16):
             logits = model(x)
@@ -207,9 +205,9 @@ def dist_rank_world() -> tuple[int, int]:
 def predict_proba(model: nn.Module, data: ImageTensors, batcher: Batcher, *, batch_size: int = 512, bf16: bool = False) -> torch.Tensor:
     model.eval()
     out = []
-    for i in range(0, len(data), batch_size):
+    for xb in data.batches([torch.arange(i, min(i + batch_size, len(data))) for i in range(0, len(data), batch_size)]):
         with _autocast(batcher.device, bf16):
-            logits = model(batcher(data.x[i : i + batch_size]))
+            logits = model(batcher(xb))
         out.append(torch.softmax(logits.float(), 1).cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
@@ -270,7 +268,7 @@ def fit(
     model.to(device)
     if engine.channels_last:
         model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":  # small datasets: one pinned, non-blocking copy to the GPU
+    if device.type == "cuda" and not train.streaming:  # small datasets: one pinned, non-blocking copy to the GPU
         train = ImageTensors(train.x.pin_memory().to(device, non_blocking=True), train.y.to(device), train.paths)
     rank, world = dist_rank_world()
     step_model = torch.compile(model) if engine.compile else model

@@ -35,12 +35,10 @@ def train_gan_epoch(gan: ConditionalDCGAN, data: ImageTensors, opt_g, opt_d, cfg
     order = torch.randperm(len(data), generator=gen)
     sums = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}
     steps, start = 0, time.perf_counter()
-    for i in range(0, len(order) - 1, cfg.batch_size):
+    batches = [b for b in (order[i : i + cfg.batch_size] for i in range(0, len(order) - 1, cfg.batch_size)) if len(b) >= 2]
+    for idx, xb in zip(batches, data.batches(batches)):  # from memory, or decoded from disk by workers
         check_stop()
-        idx = order[i : i + cfg.batch_size]
-        if len(idx) < 2:
-            continue
-        real = data.x[idx].to(device).float().div_(127.5).sub_(1)
+        real = xb.to(device).float().div_(127.5).sub_(1)
         y = data.y[idx].to(device)
         z = torch.randn(len(idx), gan.z_dim, generator=gen).to(device)
         y_fake = torch.randint(0, gan.num_classes, (len(idx),), generator=gen).to(device)
