@@ -18,7 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from components.config import load_config  # noqa: E402
+from components.config import (
+    load_config,  # noqa: E402
+    resolve_recipe,  # noqa: E402
+)
 from components.data.datasets import load_dataset  # noqa: E402
 from components.models import create_model  # noqa: E402
 from components.training.classifier import Batcher, _scheduler, train_one_epoch  # noqa: E402
@@ -49,8 +52,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     args = ap.parse_args()
     cfg = load_config("params.yaml", "default", ["models.cnn.train.augment=none", f"models.cnn.train.epochs={args.epochs}"])
-    fam = cfg.models.cnn
-    spec, splits = load_dataset(Path("data"))
+    spec, splits = load_dataset(Path("data"), cfg.data)
+    fam = cfg.models.cnn.model_copy(update={"train": resolve_recipe(cfg.models.cnn.train, spec.in_channels)})  # `auto` → numbers
     train = splits["train"]
     device = select_device(cfg.engine.device)
     bf16 = use_bf16(fam.train.precision, device)

@@ -97,8 +97,8 @@ class EngineConfig(_Strict):
 class TrainConfig(_Strict):
     """One classifier's recipe (see ../shared/CALIBRATION.md for what helped on MNIST-5k)."""
 
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: int | Literal["auto"] = Field(30, description="auto: 30 for gray (digit-style) data, 60 for RGB photos (small photo sets need more updates)")
+    batch_size: int | Literal["auto"] = Field(128, description="auto: 128 for gray (digit-style) data, 32 for RGB photos")
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["onecycle", "cosine"] = "onecycle"
@@ -117,6 +117,16 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     seed: int = 0
     max_seconds: float | None = Field(None, gt=0, description="wall-clock budget; stops after the epoch that crosses it")
+
+
+AUTO_RECIPE = {"photo": {"epochs": 60, "batch_size": 32}, "digits": {"epochs": 30, "batch_size": 128}}  # measured: README
+
+
+def resolve_recipe(cfg: TrainConfig, channels: int) -> TrainConfig:
+    """`auto` epochs / batch size / augmentation for the data's style: RGB → photo, gray → digits."""
+    style = "photo" if channels == 3 else "digits"
+    update = {k: v for k, v in AUTO_RECIPE[style].items() if getattr(cfg, k) == "auto"}
+    return cfg.model_copy(update=update) if update else cfg
 
 
 class GanTrainConfig(_Strict):

@@ -24,8 +24,9 @@ def generate(gan: ConditionalDCGAN, n_per_class: int, seed: int = 0) -> ImageTen
     gen = torch.Generator().manual_seed(seed)
     device = next(gan.parameters()).device
     labels = torch.arange(gan.num_classes).repeat_interleave(n_per_class)
-    chunks = [gan.sample(labels[i : i + 500].to(device), generator=gen).cpu() for i in range(0, len(labels), 500)]
-    x = (torch.cat(chunks) * 255).round().to(torch.uint8)
+    # each chunk to uint8 at once: 10,000 RGB images at 64 px are 0.5 GB as floats, 0.12 GB as bytes
+    chunks = [(gan.sample(labels[i : i + 500].to(device), generator=gen) * 255).round().to(torch.uint8).cpu() for i in range(0, len(labels), 500)]
+    x = torch.cat(chunks)
     return ImageTensors(x, labels, [])
 
 

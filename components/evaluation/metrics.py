@@ -153,7 +153,7 @@ def robustness(
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for sigma in noise:
-        noisy = (x01 + sigma * torch.randn(x01.shape, generator=gen)).clamp(0, 1)
+        noisy = (x01 + sigma * torch.randn(x01.shape, generator=gen).to(x01.device)).clamp(0, 1)  # CPU draws: the same noise on any device
         out[f"acc_noise_{sigma:g}"] = (probabilities(model, noisy, spec).argmax(1) == y).float().mean().item()
     for e in eps:
         adv = fgsm(model, x01, y, e, spec)
@@ -163,14 +163,19 @@ def robustness(
 
 def evaluate_classifier(model: nn.Module, spec: DatasetSpec, test: ImageTensors, *, latency_runs: int = 50,
                         noise=(0.1, 0.3), eps=(0.05, 0.1)) -> ClassifierEvaluation:  # fmt: skip
-    model = model.cpu().eval()
-    x01 = test.x.float() / 255
-    probs = probabilities(model, x01, spec)
+    from components.training.device import select_device
+
+    device = select_device("auto")  # accuracy, noise and FGSM on the training device (a GPU when there is one)
+    model = model.to(device).eval()
+    x01, y = test.x.to(device).float() / 255, test.y.to(device)
+    probs = probabilities(model, x01, spec).cpu()
     m = classification_metrics(probs, test.y, spec.num_classes)
+    robust = robustness(model, x01, y, spec, noise=noise, eps=eps)
+    model = model.cpu()  # latency and FLOPs: the CPU figures the report documents
     p50, p95, tput = latency_and_throughput(model, spec, runs=latency_runs)
     return ClassifierEvaluation(
         accuracy=m["accuracy"], macro_f1=m["macro_f1"], ece=m["ece"], per_class_accuracy=m["per_class_accuracy"],
         confusion=m["confusion"], params=count_params(model), gflops=gflops_per_image(model, spec),
         latency_ms_p50=p50, latency_ms_p95=p95, throughput_img_s=tput,
-        robustness=robustness(model, x01, test.y, spec, noise=noise, eps=eps), correct=(probs.argmax(1) == test.y).tolist(),
+        robustness=robust, correct=(probs.argmax(1) == test.y).tolist(),
     )  # fmt: skip

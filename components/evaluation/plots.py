@@ -48,17 +48,21 @@ def confusion_matrix_png(confusion: list[list[int]], classes: list[str], title: 
 def saliency_png(model: nn.Module, spec: DatasetSpec, test: ImageTensors, path: Path, per_class: int = 3) -> Path:
     """Gradient saliency (|∂ score / ∂ pixel|) over a few test images of every class."""
     plt = _plt()
-    model = model.cpu().eval()
+    from components.training.device import select_device
+
+    device = select_device("auto")  # gradients on the training device, pictures on the CPU
+    model = model.to(device).eval()
     picks = []
     for c in range(spec.num_classes):
         idx = (test.y == c).nonzero().flatten()[:per_class].tolist()
         picks += idx
-    x01 = (test.x[picks].float() / 255).requires_grad_(True)
+    x01 = (test.x[picks].float() / 255).to(device).requires_grad_(True)
     logits = model(_normalise(x01, spec))
-    score = logits.gather(1, test.y[picks][:, None]).sum()
+    score = logits.gather(1, test.y[picks][:, None].to(device)).sum()
     (grad,) = torch.autograd.grad(score, x01)
     sal = grad.abs().amax(1)
-    sal = sal / sal.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    sal = (sal / sal.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]).cpu()
+    x01 = x01.detach().cpu()
     cols = per_class * 2
     fig, axes = plt.subplots(spec.num_classes, cols, figsize=(cols * 0.9, spec.num_classes * 0.9), dpi=100, squeeze=False)
     for ax in axes.flat:

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from components.config import EngineConfig, TrainConfig
+from components.config import EngineConfig, TrainConfig, resolve_recipe
 from components.data.datasets import DatasetSpec, ImageTensors
 from components.process import check_stop
 from components.training.device import select_device, set_threads, use_bf16
@@ -260,6 +260,7 @@ def fit(
     label: str = "train",
 ) -> FitResult:
     """Train with early stopping on val accuracy; `workdir` gets last.pt (resume) and best.pt."""
+    cfg = resolve_recipe(cfg, spec.in_channels)  # `auto` epochs / batch size for the data's style
     workdir.mkdir(parents=True, exist_ok=True)
     set_threads(engine.threads)
     device = select_device(engine.device)
