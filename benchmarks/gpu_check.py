@@ -72,7 +72,10 @@ def main() -> int:
         m = create_model("cnn", num_classes=spec_s.num_classes, in_channels=3, image_size=spec_s.image_size, widths=[16, 32, 64])
         r = fit(m, splits_s["train"], splits_s["val"], spec_s, TrainConfig(epochs=1, batch_size=32, augment="none", precision="fp32"),
                 EngineConfig(progress=False), workdir=tmp / f"s{budget}")  # fmt: skip
-        losses["streaming" if splits_s["train"].streaming else "memory"] = {"train_loss": r.history[0]["train_loss"], "img_per_s": round(r.history[0]["img_per_s"])}
+        losses["streaming" if splits_s["train"].streaming else "memory"] = {
+            "train_loss": r.history[0]["train_loss"],
+            "img_per_s": round(r.history[0]["img_per_s"]),
+        }
     out["streaming_vs_memory_first_epoch"] = losses
     os.environ["LOCAL_RANK"] = "0"
     out["device_for_local_rank_0"] = str(select_device("auto"))
@@ -83,7 +86,9 @@ def main() -> int:
     weights = tmp / "resnet18.pt"
     torch.save(torchvision.models.resnet18().state_dict(), weights)
     torch.manual_seed(0)
-    tl = create_model("torchvision:resnet18", num_classes=spec.num_classes, in_channels=3, image_size=spec.image_size, weights_path=str(weights), freeze_backbone=True)
+    tl = create_model(
+        "torchvision:resnet18", num_classes=spec.num_classes, in_channels=3, image_size=spec.image_size, weights_path=str(weights), freeze_backbone=True
+    )
     bn_before = tl.net.bn1.running_mean.clone()
     conv_before = tl.net.conv1.weight.detach().clone()
     r = fit(tl, splits["train"], splits["val"], spec, TrainConfig(epochs=3, batch_size=32, precision="auto"), EngineConfig(progress=False), workdir=tmp / "tl")

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from components.process import pid_alive
+
 _held: dict[str, tuple[int, int]] = {}  # lock path → (fd, depth) held by this process
 _guard = threading.Lock()
 
@@ -33,16 +35,6 @@ def _holder(path: Path) -> dict:
         return json.loads(path.read_text() or "{}")
     except (OSError, ValueError):
         return {}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def describe(holder: dict) -> str:
@@ -93,7 +85,7 @@ def workspace_lock(home: Path, command: str, *, wait: float = 0.0, on_wait: Call
             time.sleep(0.5)
     before = _holder(path)
     note = None
-    if before.get("pid") and before.get("host") == socket.gethostname() and not _alive(int(before["pid"])):
+    if before.get("pid") and before.get("host") == socket.gethostname() and not pid_alive(int(before["pid"])):
         note = f"took over the workspace lock left by {describe(before)}, which is no longer running"
     info = {"pid": os.getpid(), "command": command, "host": socket.gethostname(), "since": datetime.now(UTC).isoformat(timespec="seconds")}
     os.ftruncate(fd, 0)

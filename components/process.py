@@ -22,6 +22,17 @@ class Stopped(KeyboardInterrupt):
     """Raised in a training loop after SIGTERM / Ctrl-C (a KeyboardInterrupt: nothing catches it by accident)."""
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid exists on this machine (a stale lock, a run left RUNNING)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def check_stop() -> None:
     if STOP.is_set():
         raise Stopped("stop requested (SIGTERM or Ctrl-C)")

@@ -120,3 +120,21 @@ def wait_http_ok(url: str, timeout: float = 120) -> bool:
             pass
         time.sleep(0.5)
     return False
+
+
+def start_mlflow_server(folder: Path):
+    """A real `mlflow server` (sqlite backend, local artifacts under `folder`) on a free port: (process, port)."""
+    import sys
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", (folder / "server-artifacts").as_uri()],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    if not wait_http_ok(f"http://127.0.0.1:{port}/health", 90):
+        proc.terminate()
+        pytest.fail("mlflow server did not become healthy in 90 s")
+    return proc, port

@@ -17,7 +17,7 @@ import torch
 
 from components.tracking import mlflow_store as store
 from components.workspace import Workspace
-from tests.conftest import free_port, make_folder, wait_http_ok
+from tests.conftest import free_port, make_folder, start_mlflow_server
 from tests.faultproxy import FaultProxy
 
 VISIONFLOW = str(Path(sys.executable).parent / "visionflow")
@@ -57,28 +57,13 @@ def _versions(name: str) -> list[str]:
         return []
 
 
-def _mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", (tmp_path / "server-artifacts").as_uri()],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    if not wait_http_ok(f"http://127.0.0.1:{port}/health", 90):
-        proc.terminate()
-        pytest.fail("mlflow server did not become healthy in 90 s")
-    return proc, port
-
-
 @pytest.mark.slow
 def test_registry_faults_move_no_alias_and_make_no_duplicates(project, tmp_path, tracking_env):
     """A real `mlflow server` behind a proxy: a packaging failure, then 503s on alias look-ups
     during selection. Each run fails with a clear message; aliases stay where they were."""
     root = _small_project(project)
     src = make_folder(tmp_path / "src", per_class=12, size=(24, 20))
-    server, port = _mlflow_server(tmp_path)
+    server, port = start_mlflow_server(tmp_path)
     proxy = FaultProxy(port)
     env = {"MLFLOW_TRACKING_URI": proxy.url}
     try:

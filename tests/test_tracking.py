@@ -1,10 +1,6 @@
 """MLflow 3 against a real sqlite store and a real `mlflow server`: runs, nested runs, tags, the
 model logged, registered, aliased and loaded back by `models:/NAME@champion`."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -12,7 +8,7 @@ from components.data.datasets import DatasetSpec
 from components.models import create_model
 from components.tracking import mlflow_store as store
 from components.workspace import Workspace
-from tests.conftest import free_port, wait_http_ok
+from tests.conftest import start_mlflow_server
 
 SPEC = DatasetSpec(["a", "b", "c"], 1, (12, 12), [0.2], [0.3])
 
@@ -77,17 +73,8 @@ def test_sqlite_store_runs_registry_aliases_and_promotion(tmp_path, tracking_env
 
 @pytest.mark.slow
 def test_against_a_real_mlflow_server(tmp_path, tracking_env):
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", (tmp_path / "server-artifacts").as_uri()],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server, port = start_mlflow_server(tmp_path)
     try:
-        if not wait_http_ok(f"http://127.0.0.1:{port}/health", 90):
-            pytest.fail("mlflow server did not become healthy in 90 s")
         ws = Workspace.at(tmp_path / "client", home=tmp_path / "client" / ".visionflow")
         _exercise_store(ws, f"http://127.0.0.1:{port}")
         assert not (ws.mlflow_dir / "mlflow.db").exists()  # everything went to the server

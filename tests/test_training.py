@@ -134,3 +134,26 @@ def test_cuda_path_bf16_channels_last(tmp_path):
     spec, train, val = tiny_data()
     res = fit(_cnn(spec), train, val, spec, TrainConfig(epochs=2, batch_size=16), EngineConfig(device="cuda", progress=False), workdir=tmp_path)
     assert res.device.startswith("cuda") and res.bf16 == torch.cuda.is_bf16_supported() and res.epochs_run == 2
+
+
+def test_odd_batches_in_channels_last_do_not_crash_the_process(tmp_path):
+    """torch 2.14.1's CPU backward of a 1×1 stride-2 conv in channels_last segfaults on odd batch
+    sizes; the engine keeps training batches even there. In a subprocess: a crash must not take pytest."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from pathlib import Path\n"
+        "from components.models import create_model\n"
+        "from components.data.datasets import DatasetSpec, ImageTensors\n"
+        "from components.training.classifier import fit\n"
+        "from components.config import TrainConfig, EngineConfig\n"
+        "spec = DatasetSpec(['a', 'b', 'c'], 3, (32, 32), [0.5] * 3, [0.25] * 3)\n"
+        "x = ImageTensors(torch.randint(0, 255, (99, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 3, (99,)), [])\n"
+        "m = create_model('cnn', num_classes=3, in_channels=3, image_size=(32, 32), widths=[8, 16], downsample='stride')\n"
+        f"r = fit(m, x, x, spec, TrainConfig(epochs=1, batch_size=128), EngineConfig(progress=False, device='cpu'), workdir=Path({str(tmp_path)!r}))\n"
+        "print('trained', r.history[0]['train_images'])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "trained 98" in r.stdout

@@ -101,7 +101,9 @@ class ImageTensors:
             return (self.x[idx] for idx in index_batches)
         loader = torch.utils.data.DataLoader(_Batches(self.x, index_batches), batch_size=None, shuffle=False,
                                              num_workers=self.workers, prefetch_factor=4 if self.workers else None,
-                                             generator=torch.Generator())  # its own: the global RNG (dropout) stays the in-memory path's  # fmt: skip
+                                             generator=torch.Generator(),  # its own: the global RNG (dropout) stays the in-memory path's
+                                             # forkserver, not fork: a fork of a process running Prefect's and MLflow's threads dies
+                                             multiprocessing_context="forkserver" if self.workers else None)  # fmt: skip
         return iter(loader)
 
 

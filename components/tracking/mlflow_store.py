@@ -87,11 +87,13 @@ def mark_stale_runs(experiment_id: str) -> list[str]:
     marked KILLED, with their nested runs. Called under the workspace lock, before a new run starts."""
     import socket
 
+    from components.process import pid_alive
+
     c = client()
     stale: list[str] = []
     for run in c.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=500):
         host, _, pid = run.data.tags.get(PROCESS_TAG, "").rpartition(":")
-        if host != socket.gethostname() or not pid.isdigit() or _pid_alive(int(pid)):
+        if host != socket.gethostname() or not pid.isdigit() or pid_alive(int(pid)):
             continue
         stale.append(run.info.run_id)
         for child in c.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'RUNNING'"):
@@ -99,16 +101,6 @@ def mark_stale_runs(experiment_id: str) -> list[str]:
         c.set_tag(run.info.run_id, "killed_reason", "its process ended without finishing the run (killed)")
         c.set_terminated(run.info.run_id, "KILLED")
     return stale
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def use_tracking_uri(uri: str) -> None:

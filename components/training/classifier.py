@@ -142,7 +142,13 @@ def train_one_epoch(
     order = order[: per_rank * world][rank::world]  # DDP: every rank draws the same order, takes its share
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    batches = [b for b in (order[i : i + batch_size] for i in range(0, len(order), batch_size)) if len(b) >= 2]  # BatchNorm needs 2
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if batcher.channels_last and batcher.device.type == "cpu":
+        # torch 2.14.1 on CPU: the backward of a 1×1 stride-2 conv (ResNet shortcuts, torchvision's too)
+        # in channels_last crashes the process (SIGSEGV in oneDNN) on an odd batch size; an odd batch
+        # leaves out its last image this epoch (the order is reshuffled every epoch)
+        batches = [b[: len(b) - len(b) % 2] for b in batches]
+    batches = [b for b in batches if len(b) >= 2]  # BatchNorm needs 2
     for idx, xb in zip(batches, data.batches(batches)):  # from memory, or decoded from disk by workers
         check_stop()  # SIGTERM / Ctrl-C: a training thread ends within a batch
         x = batcher(xb, gen)
