@@ -50,34 +50,52 @@ def stop_on_sigterm() -> None:
 
 
 def run_server(cmd: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None, grace: float = 8.0) -> int:
+    import psutil
+
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, start_new_session=True)  # its own process group
     pgid = proc.pid
+    seen: dict[int, psutil.Process] = {}
 
-    def kill_group(sig: int) -> None:
+    def family() -> list[psutil.Process]:
+        """The server and every descendant seen so far (one may have left the group with setsid)."""
+        try:
+            for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+                seen.setdefault(p.pid, p)
+        except psutil.Error:
+            pass
+        return [p for p in seen.values() if p.is_running()]
+
+    def signal_all(sig: int) -> None:
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
             pass
+        for p in family():
+            try:
+                p.send_signal(sig)
+            except psutil.Error:
+                pass
 
     received: list[int] = []
 
     def forward(signum, frame):
         received.append(signum)
-        kill_group(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     try:
         while proc.poll() is None and not received:
+            family()  # keep track of the workers as they start
             time.sleep(0.2)
         if received:
+            signal_all(signal.SIGTERM if received[0] == signal.SIGHUP else received[0])
             deadline = time.monotonic() + grace
-            while proc.poll() is None and time.monotonic() < deadline:
+            while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family()) and time.monotonic() < deadline:
                 time.sleep(0.1)
-        return proc.wait(timeout=0.1) if proc.poll() is None else proc.returncode
-    except subprocess.TimeoutExpired:
+        return proc.wait(timeout=1) if proc.poll() is None else proc.returncode
+    except (subprocess.TimeoutExpired, psutil.Error):
         return -signal.SIGKILL
     finally:
-        kill_group(signal.SIGKILL)  # whatever of the group is left (workers, a job runner) goes too
+        signal_all(signal.SIGKILL)  # whatever of the tree is left (workers, a job runner) goes too
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)

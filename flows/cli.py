@@ -397,7 +397,7 @@ def serve(
     from components.tracking import mlflow_store as store
 
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or store.default_uri(ws)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "VISIONFLOW_ROOT": str(ws.root), "VISIONFLOW_MODEL_URI": model,
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "VISIONFLOW_ROOT": str(ws.root), "VISIONFLOW_HOME": str(ws.home), "VISIONFLOW_MODEL_URI": model,
            "VISIONFLOW_POLL_SECONDS": str(poll)}  # fmt: skip
     shape = {"VISIONFLOW_WORKERS": workers, "VISIONFLOW_MAX_BATCH_SIZE": max_batch_size, "VISIONFLOW_MAX_LATENCY_MS": max_latency_ms,
              "VISIONFLOW_MAX_IN_FLIGHT": max_in_flight, "VISIONFLOW_BATCHING": None if batching is None else ("on" if batching else "off")}  # fmt: skip

@@ -12,6 +12,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -71,6 +72,8 @@ def version_task(root: str, staged: str, data_name: str, remote_url: str | None,
 
 def resolve(root: str, profile: str, overrides: list[str] | None, cfg: Config | None) -> tuple[Config, Workspace]:
     """The flows' one config: the caller's resolved Config, or params.yaml + profile + overrides once."""
+    if isinstance(cfg, dict):  # a deployment's JSON parameters
+        cfg = Config.model_validate(cfg)
     cfg = cfg or load_config(Path(root).resolve() / "params.yaml", profile, overrides or [])
     return cfg, Workspace.for_config(root, cfg)
 
@@ -82,7 +85,7 @@ def data_flow(
     overrides: list[str] | None = None,
     source: str | None = None,
     progress: bool = False,
-    cfg: Config | None = None,
+    cfg: Any = None,
 ):
     """Ingest → validate → version. Returns a DataFlowResult, or a Failed state naming what was wrong.
 

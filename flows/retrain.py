@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -66,7 +67,7 @@ def drift_task(root: str, cfg: Config, data_version: str, force: bool) -> dict:
 
 @flow(name="retrain_flow")
 def retrain_flow(root: str = ".", profile: str = "default", overrides: list[str] | None = None, source: str | None = None, force: bool = False,
-                 cfg: Config | None = None):  # fmt: skip
+                 cfg: Any = None):  # fmt: skip
     """Holds the workspace lock for the whole pass (a scheduled run waits for a manual one)."""
     cfg, ws = resolve(root, profile, overrides, cfg)
     with workspace_lock(ws.home, "visionflow retrain", wait=-1, on_wait=get_run_logger().warning):

@@ -312,7 +312,7 @@ def _prepare_data(ws: Workspace, cfg: Config, profile: str, source: str | None, 
 @flow(name="training_pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def training_pipeline(root: str = ".", profile: str = "default", overrides: list[str] | None = None, source: str | None = None,
                       force: bool = False, data_version: str | None = None, retrain_reason: str | None = None,
-                      drift: dict[str, float] | None = None, cfg: Config | None = None, promote: bool = True):  # fmt: skip
+                      drift: dict[str, float] | None = None, cfg: Any = None, promote: bool = True):  # fmt: skip
     """Train on the checked-out data version (or `source`, ingested first; or `data_version`, checked
     out first). `promote=False` (reproduce): train, evaluate and log, but register nothing."""
     cfg, ws = resolve(root, profile, overrides, cfg)
