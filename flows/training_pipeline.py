@@ -90,10 +90,10 @@ def _family_params(fam) -> dict[str, str]:
     return store.flatten({"model": fam.model, "hparams": fam.hparams, "train": fam.train.model_dump()})
 
 
-def _resume_point(out: Path, key: str, fresh: bool) -> int | None:
-    """The epoch an interrupted training of this exact cache key reached (its last.pt), or None.
-    `fresh` (--force) starts over. The key holds data, config and code versions, so a checkpoint
-    under it is always from the same recipe."""
+def _resume_point(out: Path, key: str, fresh: bool, tags: dict[str, str]) -> int | None:
+    """The epoch an interrupted training of this exact cache key reached (its last.pt), or None; a
+    resume is said in the log and tagged on the run (`tags`). `fresh` (--force) starts over. The key
+    holds data, config and code versions, so a checkpoint under it is always from the same recipe."""
     work = out / key
     if fresh:
         shutil.rmtree(work, ignore_errors=True)
@@ -104,10 +104,13 @@ def _resume_point(out: Path, key: str, fresh: bool) -> int | None:
     import torch
 
     try:
-        return int(torch.load(last, map_location="cpu", weights_only=False)["epoch"])
+        epoch = int(torch.load(last, map_location="cpu", weights_only=False)["epoch"])
     except Exception:  # noqa: BLE001 - a checkpoint that cannot be read is no resume point
         last.unlink(missing_ok=True)
         return None
+    tags["resumed_after_epoch"] = str(epoch)
+    get_run_logger().warning("%s: resuming from the checkpoint of an interrupted run (epoch %d done, continuing at epoch %d)", key, epoch + 1, epoch + 2)
+    return epoch
 
 
 @task(name="train-classifier", cache_key_fn=_by_cache_key, persist_result=True)
@@ -116,13 +119,8 @@ def train_classifier_task(key: str, cfg: Config, data_dir: str, models_dir: str,
     store.use_tracking_uri(tracking_uri)  # this may run in another process (Dask worker)
     fam = cfg.models.classifiers()[key]
     out = Path(models_dir) / cache_key
-    resumed = _resume_point(out, key, fresh)
     tags = {**lineage, "family": family_of(fam.model), "model": fam.model, "cache_key": cache_key, "trained_on": _this_process()}
-    if resumed is not None:
-        tags["resumed_after_epoch"] = str(resumed)
-        get_run_logger().warning(
-            "%s: resuming from the checkpoint of an interrupted run (epoch %d done, continuing at epoch %d)", key, resumed + 1, resumed + 2
-        )
+    resumed = _resume_point(out, key, fresh, tags)
     run_id = store.start_run(exp_id, key, tags, _family_params(fam), parent_id)
 
     with store.active_run(run_id, log_system_metrics=True):
@@ -143,11 +141,8 @@ def train_gan_task(cfg: Config, data_dir: str, models_dir: str, cache_key: str, 
     store.use_tracking_uri(tracking_uri)
     fam = cfg.models.gan
     out = Path(models_dir) / cache_key
-    resumed = _resume_point(out, "gan", fresh)
     tags = {**lineage, "family": "gan", "model": fam.model, "cache_key": cache_key, "trained_on": _this_process()}
-    if resumed is not None:
-        tags["resumed_after_epoch"] = str(resumed)
-        get_run_logger().warning("gan: resuming from the checkpoint of an interrupted run (epoch %d done, continuing at epoch %d)", resumed + 1, resumed + 2)
+    resumed = _resume_point(out, "gan", fresh, tags)
     run_id = store.start_run(exp_id, "gan", tags, _family_params(fam), parent_id)
 
     with store.active_run(run_id, log_system_metrics=True):

@@ -256,10 +256,16 @@ def multipart_problem(content_type: str, body: bytes, field: str, many: bool) ->
     if not boundary:
         return f"multipart body without a boundary: {how}"
     files, others = 0, []
-    for part in body.split(b"--" + boundary.encode())[1:]:
-        if part.startswith(b"--"):
+    delim = b"--" + boundary.encode()
+    pos = body.find(delim)
+    while pos != -1:  # only each part's headers are read: the image bytes are never copied
+        start = pos + len(delim)
+        if body.startswith(b"--", start):
             break  # the closing delimiter
-        head = part.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        pos = body.find(delim, start)
+        end = pos if pos != -1 else len(body)
+        head_end = body.find(b"\r\n\r\n", start, end)
+        head = body[start : head_end if head_end != -1 else end].decode("latin-1")
         disposition = next((line for line in head.split("\r\n") if line.lower().startswith("content-disposition:")), "")
         name = _param(disposition, "name")
         if name == field and _param(disposition, "filename") is not None:

@@ -54,10 +54,6 @@ class DiskImages:
     def __len__(self) -> int:
         return len(self.files)
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self.files), self.channels, *self.size)
-
     def __getitem__(self, idx) -> torch.Tensor:
         if isinstance(idx, slice):
             idx = range(*idx.indices(len(self.files)))
@@ -112,7 +108,6 @@ def _rows(data_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-RESIZE_MODES = ("crop", "pad", "stretch")
 SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
@@ -196,7 +191,7 @@ def stats_sample(data: ImageTensors) -> torch.Tensor:
     evenly spaced, deterministic subset — identical for the in-memory and the streaming path."""
     n = len(data)
     if n <= STATS_SAMPLE:
-        return data.x[:] if data.streaming else data.x
+        return data.x[:]
     return data.x[torch.linspace(0, n - 1, STATS_SAMPLE).long()]
 
 

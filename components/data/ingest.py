@@ -173,8 +173,7 @@ def _encode_png(pixels: np.ndarray) -> bytes:
 
 
 def _is_litter(path: Path) -> bool:
-    name = path.name
-    return name.startswith(".") or name.lower() in LITTER or name.startswith("._")
+    return path.name.startswith(".") or path.name.lower() in LITTER  # hidden files, AppleDouble `._*` among them
 
 
 def _scan_folder(source: Path) -> tuple[list[_Item], str, list[str]]:
@@ -316,7 +315,7 @@ def ingest(
     n_channels = choose_channels(channels, [int(r["channels"]) for r in rows if r.get("channels") not in ("", None)])
     converted: dict[str, int] = {}
     for r in rows:
-        if "converted" not in r or r.get("exif_orientation") is not None:
+        if "converted" not in r:  # a folder's file (the bundled digits need none)
             r["converted"] = conversion(r, n_channels) if not r.get("decode_error") else ""
         r.pop("exif_orientation", None)
         for step in filter(None, r["converted"].split("+")):

@@ -163,8 +163,8 @@ def pull(ws: Workspace, data_name: str = "data") -> str:
 
 
 def resolve_version(ws: Workspace, ref: str, data_name: str = "data") -> str:
-    """A data version given as its md5 (with or without '.dir', or a unique prefix of one in the
-    cache) or as a git revision of `data.dvc` → the md5."""
+    """A data version given as its md5 (32 hex digits, with or without '.dir') or as a git revision
+    of `data.dvc` → the md5."""
     ref = ref.strip().removesuffix(".dir")
     if len(ref) == 32 and all(ch in "0123456789abcdef" for ch in ref):
         return ref
@@ -180,13 +180,12 @@ def resolve_version(ws: Workspace, ref: str, data_name: str = "data") -> str:
 
 def checkout(ws: Workspace, version: str, data_name: str = "data") -> str:
     """Point `data.dvc` at `version` and bring `data/` to it (DVC cache first, then the remote).
-    `data.dvc` is only rewritten once the data is there: a failed pull changes nothing."""
+    A failed pull puts the previous `data.dvc` back: nothing changes."""
     dvc_file = _dvc_file(ws, data_name)
     before = dvc_file.read_text() if dvc_file.exists() else None
     dvc_file.write_text(yaml.safe_dump({"outs": [{"md5": f"{version}.dir", "hash": "md5", "path": data_name}]}, sort_keys=False))
-    repo = _repo(ws)
     try:
-        repo.pull(targets=[str(dvc_file)], force=True)
+        return pull(ws, data_name)
     except Exception as exc:
         if before is None:
             dvc_file.unlink()
@@ -194,9 +193,6 @@ def checkout(ws: Workspace, version: str, data_name: str = "data") -> str:
             dvc_file.write_text(before)
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise VersioningError(f"data version {version} is neither in the DVC cache nor on the remote ({first}); was it pushed?") from None
-    finally:
-        repo.close()
-    return version
 
 
 @dataclass(frozen=True)

@@ -96,10 +96,8 @@ def mark_stale_runs(experiment_id: str) -> list[str]:
         if host != socket.gethostname() or not pid.isdigit() or pid_alive(int(pid)):
             continue
         stale.append(run.info.run_id)
-        for child in c.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'RUNNING'"):
-            c.set_terminated(child.info.run_id, "KILLED")
         c.set_tag(run.info.run_id, "killed_reason", "its process ended without finishing the run (killed)")
-        c.set_terminated(run.info.run_id, "KILLED")
+        end_run(run.info.run_id, ok=False, killed=True)  # with its nested runs
     return stale
 
 

@@ -40,23 +40,18 @@ class Batcher:
         c = self.spec.in_channels
         self.mean = torch.tensor(self.spec.mean, device=self.device).view(1, c, 1, 1)
         self.std = torch.tensor(self.spec.std, device=self.device).view(1, c, 1, 1)
-        self.augment = augment_mode(self.cfg.augment, c) if self.cfg is not None else "none"
+        if self.cfg is not None:
+            self.cfg = resolve_recipe(self.cfg, c)  # `augment: auto` → photo or affine for this data
 
     def __call__(self, xb: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         x = xb.to(self.device, non_blocking=True).float().div_(255)
-        if self.augment == "photo":
+        mode = self.cfg.augment if self.cfg is not None else "none"
+        if mode == "photo":
             x = photo_augment(x, self.cfg, gen)
-        elif self.augment != "none":
-            x = augment(x, self.cfg, gen, self.augment)
+        elif mode != "none":
+            x = augment(x, self.cfg, gen)
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-
-def augment_mode(augment: str, channels: int) -> str:
-    """`auto`: photo-style for colour images, digit-style (affine, no flips) for gray ones."""
-    if augment != "auto":
-        return augment
-    return "photo" if channels == 3 else "affine"
 
 
 def photo_augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator | None) -> torch.Tensor:
@@ -97,9 +92,8 @@ def photo_augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator | None
     return x
 
 
-def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator | None, mode: str | None = None) -> torch.Tensor:
+def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator | None) -> torch.Tensor:
     """Per-sample random affine (rotation, scale, shift in pixels), batched with affine_grid."""
-    mode = mode or augment_mode(cfg.augment, x.shape[1])
     n, _, h, w = x.shape
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
@@ -107,7 +101,7 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator | None, mode
 
     tx = uniform(-cfg.shift_px, cfg.shift_px) * 2 / w
     ty = uniform(-cfg.shift_px, cfg.shift_px) * 2 / h
-    if mode == "affine":
+    if cfg.augment == "affine":
         angle = uniform(-cfg.rotate_deg, cfg.rotate_deg) * math.pi / 180
         scale = uniform(1 - cfg.scale, 1 + cfg.scale)
     else:
@@ -266,7 +260,7 @@ def fit(
     label: str = "train",
 ) -> FitResult:
     """Train with early stopping on val accuracy; `workdir` gets last.pt (resume) and best.pt."""
-    cfg = resolve_recipe(cfg, spec.in_channels)  # `auto` epochs / batch size for the data's style
+    cfg = resolve_recipe(cfg, spec.in_channels)  # `auto` epochs / batch size / augmentation for the data's style
     workdir.mkdir(parents=True, exist_ok=True)
     set_threads(engine.threads)
     device = select_device(engine.device)
