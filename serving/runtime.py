@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from components.data.datasets import DatasetSpec, preprocess
+from components.data.datasets import DatasetSpec, normalize, to_unit
 
 log = logging.getLogger("visionflow.serving")
 
@@ -39,21 +39,48 @@ class LoadedModel:
             "git_commit": self.tags.get("git_commit"),
         }
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        return preprocess(images, self.spec)  # the training conversion, from the logged spec
-
     @torch.no_grad()
     def classify(self, images: list[Image.Image]) -> list[dict[str, Any]]:
-        probs = torch.softmax(self.model(self.preprocess(images)).float(), 1)
+        return self.predict(images)[0]
+
+    @torch.no_grad()
+    def predict(self, images: list[Image.Image]) -> tuple[list[dict[str, Any]], list[tuple[float, float]]]:
+        """Answers, and each image's (brightness, contrast): mean and std of the model's input pixels
+        in 0..1 (after the training conversion, before normalisation: the scale of data_stats)."""
+        x01 = to_unit(images, self.spec)
+        probs = torch.softmax(self.model(normalize(x01, self.spec)).float(), 1)
+        flat = x01.flatten(1)
+        stats = list(zip(flat.mean(1).tolist(), flat.std(1).tolist()))
         out = []
         for p in probs:
             label = int(p.argmax())
             out.append({
-                "label": label, "class_name": self.spec.classes[label],
+                "label": label, "class_name": self.spec.classes[label], "confidence": round(float(p[label]), 6),
                 "probabilities": {c: round(float(v), 6) for c, v in zip(self.spec.classes, p)},
                 **self.lineage(),
             })  # fmt: skip
-        return out
+        return out, stats
+
+    def explain(self, image: Image.Image) -> bytes:
+        """A PNG of the model's input with its gradient saliency (|∂ score / ∂ pixel| of the predicted
+        class, as the report's saliency figure) laid over it in red."""
+        import numpy as np
+
+        x01 = to_unit([image], self.spec).requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.model(normalize(x01, self.spec))
+            (grad,) = torch.autograd.grad(logits[0, logits[0].argmax()], x01)
+        sal = grad.abs().amax(1)[0]
+        sal = (sal / sal.max().clamp_min(1e-12)).numpy()
+        base = x01.detach()[0].mean(0).numpy() if self.spec.in_channels == 1 else x01.detach()[0].permute(1, 2, 0).numpy()
+        rgb = np.repeat(base[..., None], 3, 2) if base.ndim == 2 else base
+        heat = np.stack([np.ones_like(sal), np.zeros_like(sal), np.zeros_like(sal)], -1)
+        mixed = rgb * (1 - 0.6 * sal[..., None]) + heat * 0.6 * sal[..., None]
+        img = Image.fromarray((mixed.clip(0, 1) * 255).round().astype(np.uint8))
+        scale = max(1, 224 // max(img.size))  # small inputs (28 px digits) enlarged for the page
+        buf = io.BytesIO()
+        img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(buf, format="PNG")
+        return buf.getvalue()
 
 
 def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:

@@ -5,23 +5,36 @@
 - POST /classify        multipart field `image` (PNG/JPEG/BMP, any size, gray or RGB)
 - POST /classify_batch  multipart fields `images` (one or more files) → one answer per image
 - POST /generate        JSON {"class_name" or "label", "n"} → PNG grid from the `generator` alias
+- POST /explain         multipart field `image` → the answer plus a saliency overlay (PNG, base64)
+- POST /feedback        JSON {"request_id", "label"}: the true class of a served prediction
 - GET  /healthz         200 only when the model is loaded and warmed up
 - GET  /metadata        the model, its metrics and full lineage
-The model version is in every answer and in the `X-Model-Version` header. When the alias moves, a
-poller loads and warms the new version, then swaps it in: no restart, no failed request.
+- GET  /metrics         Prometheus: BentoML's series and visionflow_* (serving/observability.py)
+- GET  /                a page to classify an image by hand
+The model version is in every answer and in the `X-Model-Version` header; every prediction has a
+`request_id` (also the `X-Request-Id` header of /classify) under which it is in the inference log
+(components/monitoring/inference_log.py). When the alias moves, a poller loads and warms the new
+version, then swaps it in: no restart, no failed request. With VISIONFLOW_API_KEY set, every path
+but the probes, /metrics and the page needs `Authorization: Bearer <key>`.
 Settings come from the environment (serving/settings.py: VISIONFLOW_MODEL_URI, VISIONFLOW_BATCHING, ...).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
+import logging
 import os
+import time
+import uuid
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import bentoml
-from fastapi import FastAPI, File, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 
 from components.tracking.mlflow_store import default_uri
@@ -33,7 +46,10 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", default_uri(_ws))  # the workspace'
 
 # torch and the models load in the worker processes only (serving.runtime, imported in __init__):
 # BentoML's supervisor imports this module for its config, and torch would cost it ~0.5 GB
+from serving.observability import RequestContext, metrics  # noqa: E402
 from serving.settings import BatchAnswers, InputError, LoadShedder, MultipartGuard, Settings, cap_batch_wait, decode_image  # noqa: E402
+
+log = logging.getLogger("visionflow.serving")
 
 SETTINGS = Settings.from_env()  # the process shape (workers, batching) is fixed when the service is defined
 if SETTINGS.batching:
@@ -52,8 +68,18 @@ def _read(path: Path, settings: Settings) -> Image.Image:
     return decode_image(path.read_bytes(), settings.max_pixels, settings.max_bytes)
 
 
+def _log_path(settings: Settings) -> Path | None:
+    if (settings.inference_log or "").lower() == "off":
+        return None
+    return Path(settings.inference_log) if settings.inference_log else _ws.home / "monitoring" / "inference.db"
+
+
+def _json_error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
 @bentoml.asgi_app(probes, path="/")
-@bentoml.service(name="visionflow", workers=SETTINGS.workers, traffic={"timeout": 30}, logging={"access": {"enabled": SETTINGS.access_log}})
+@bentoml.service(name="visionflow", workers=SETTINGS.workers, traffic={"timeout": 30}, logging={"access": {"enabled": False}})  # RequestContext logs
 class Visionflow:
     def __init__(self) -> None:
         import torch
@@ -67,6 +93,12 @@ class Visionflow:
         self.generator = ModelSlot(self.settings.generator_uri) if self.settings.generator_uri else None
         for slot in filter(None, (self.classifier, self.generator)):
             slot.refresh()  # load + warm before the first request
+        from components.monitoring.inference_log import InferenceLog
+
+        path = _log_path(self.settings)
+        self.inference_log = None if path is None else InferenceLog(path, sample=self.settings.log_sample, keep_images=self.settings.keep_images,
+                                                                   keep_images_mb=self.settings.keep_images_mb, max_rows=self.settings.log_max_rows)  # fmt: skip
+        self._log_failed = False
         self._stop = start_poller([s for s in (self.classifier, self.generator) if s], self.settings.poll_seconds)
         import gc
 
@@ -79,20 +111,55 @@ class Visionflow:
             raise bentoml.exceptions.BentoMLException(f"no model loaded yet: {self.classifier.error}", error_code=HTTPStatus.SERVICE_UNAVAILABLE)
         return current
 
-    def _classify_paths(self, paths: list[Path]) -> list[dict[str, Any]]:
+    def _classify_paths(self, paths: list[Path], endpoint: str) -> list[dict[str, Any]]:
         """One answer per uploaded file; a bad file becomes an {"error", "status"} item (see BatchAnswers)."""
+        t0 = time.perf_counter()
         model = self._model()  # one read: a swap mid-batch cannot mix versions
         out: list[dict[str, Any]] = []
-        good: list[tuple[int, Image.Image]] = []
+        good: list[tuple[int, Image.Image, Path]] = []
         for path in paths:
             try:
-                good.append((len(out), _read(path, self.settings)))
+                good.append((len(out), _read(path, self.settings), path))
                 out.append({})
             except InputError as exc:
                 out.append({"error": str(exc), "status": exc.status})
-        for (i, _), answer in zip(good, model.classify([img for _, img in good]) if good else []):
-            out[i] = answer
+        if good:
+            answers = self._answer(model, [img for _, img, _ in good], [p for _, _, p in good], endpoint, t0)
+            for (i, _, _), answer in zip(good, answers):
+                out[i] = answer
         return out
+
+    def _answer(self, model, images: list[Image.Image], uploads: list[Path | bytes], endpoint: str, t0: float) -> list[dict[str, Any]]:
+        """Classify; give each image a request id; count it in /metrics and record it in the inference log."""
+        answers, stats = model.predict(images)
+        latency_ms = (time.perf_counter() - t0) * 1000
+        m = metrics()
+        m.batch_size.observe(len(images))
+        log_ = self.inference_log
+        rows, kept = [], []
+        for answer, (brightness, contrast), img, upload in zip(answers, stats, images, uploads):
+            answer["request_id"] = uuid.uuid4().hex
+            m.predictions.labels(model.version, answer["class_name"]).inc()
+            m.confidence.labels(model.version).observe(answer["confidence"])
+            if log_ is None or not log_.sampled():
+                continue
+            rows.append({
+                "request_id": answer["request_id"], "ts": time.time(), "endpoint": endpoint, "model_name": model.name,
+                "model_version": str(model.version), "data_version": model.tags.get("data_version"), "predicted": answer["class_name"],
+                "confidence": answer["confidence"], "width": img.width, "height": img.height, "channels": len(img.getbands()),
+                "brightness": brightness, "contrast": contrast, "latency_ms": latency_ms,
+            })  # fmt: skip
+            if log_.keep_images:
+                data = upload.read_bytes() if isinstance(upload, Path) else upload
+                kept.append((data, {"JPEG": "jpg", "MPO": "jpg"}.get(img.format or "", (img.format or "bin").lower())))
+        if rows:
+            try:
+                log_.record(rows, kept or None, model.spec.classes)
+            except Exception as exc:  # a full disk must not fail the prediction; say so once
+                if not self._log_failed:
+                    log.warning(json.dumps({"event": "inference_log_failed", "error": str(exc)[:200]}))
+                    self._log_failed = True
+        return answers
 
     if SETTINGS.batching:
         # BentoML's adaptive batching: concurrent requests' images are merged into one forward pass
@@ -102,41 +169,46 @@ class Visionflow:
         # /classify answer one object, exactly as without batching.
         @bentoml.api(route="/classify", batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
         def classify(self, image: list[Path]) -> list[dict[str, Any]]:
-            return self._classify_paths(image)
+            return self._classify_paths(image, "/classify")
 
         @bentoml.api(route="/classify_batch", batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
         def classify_batch(self, images: list[Path]) -> list[dict[str, Any]]:
-            return self._classify_paths(images)
+            return self._classify_paths(images, "/classify_batch")
 
     else:
 
         @bentoml.api(route="/classify")
         def classify(self, image: Path, ctx: bentoml.Context) -> dict[str, Any]:
+            t0 = time.perf_counter()
             model = self._model()  # one read: a swap mid-request cannot mix versions
             try:
                 img = _read(image, self.settings)
             except InputError as exc:
                 raise _http_error(exc) from None
+            answer = self._answer(model, [img], [image], "/classify", t0)[0]
             ctx.response.headers["X-Model-Version"] = f"{model.name}/{model.version}"
-            return model.classify([img])[0]
+            ctx.response.headers["X-Request-Id"] = answer["request_id"]
+            return answer
 
         # A FastAPI route, not @bentoml.api: BentoML 1.4's multipart parser fails (HTTP 500) on a
         # non-batchable list field that carries a single file, and a bad image must be a 4xx.
         @probes.post("/classify_batch")
         def classify_batch(self, images: list[UploadFile] = File(default=[])):
+            t0 = time.perf_counter()
             model = self.classifier.current
             if model is None:
                 return JSONResponse({"error": f"no model loaded yet: {self.classifier.error}"}, status_code=503)
             if not images:
                 return JSONResponse({"error": "no images: send one or more multipart fields named 'images'"}, status_code=400)
-            decoded = []
+            decoded, raw = [], []
             for i, up in enumerate(images):
                 try:
-                    data = up.file.read(self.settings.max_bytes + 1)
-                    decoded.append(decode_image(data, self.settings.max_pixels, self.settings.max_bytes))
+                    raw.append(up.file.read(self.settings.max_bytes + 1))
+                    decoded.append(decode_image(raw[-1], self.settings.max_pixels, self.settings.max_bytes))
                 except InputError as exc:
                     return JSONResponse({"error": f"images[{i}] ({up.filename}): {exc}"}, status_code=exc.status)
-            return JSONResponse(model.classify(decoded), headers={"X-Model-Version": f"{model.name}/{model.version}"})
+            answers = self._answer(model, decoded, raw, "/classify_batch", t0)
+            return JSONResponse(answers, headers={"X-Model-Version": f"{model.name}/{model.version}"})
 
     @bentoml.api(route="/generate")
     def generate(self, n: int = 8, class_name: str | None = None, label: int | None = None, ctx: bentoml.Context = None) -> Image.Image:
@@ -173,6 +245,51 @@ class Visionflow:
     def __is_ready__(self) -> bool:
         return self.classifier.current is not None
 
+    @probes.post("/explain")
+    def explain(self, image: UploadFile = File(...)):
+        """The answer for one image (not logged: the page calls /classify for that) and its saliency overlay."""
+        model = self.classifier.current
+        if model is None:
+            return _json_error(f"no model loaded yet: {self.classifier.error}", 503)
+        try:
+            img = decode_image(image.file.read(self.settings.max_bytes + 1), self.settings.max_pixels, self.settings.max_bytes)
+        except InputError as exc:
+            return _json_error(str(exc), exc.status)
+        answer = model.classify([img])[0]
+        answer["saliency_png"] = "data:image/png;base64," + base64.b64encode(model.explain(img)).decode()
+        return JSONResponse(answer, headers={"X-Model-Version": f"{model.name}/{model.version}"})
+
+    @probes.post("/feedback")
+    async def feedback(self, request: Request):
+        """{"request_id": ..., "label": <class name>} → the prediction's true class, in the log and in /metrics."""
+        from components.monitoring.inference_log import FeedbackError
+
+        if self.inference_log is None:
+            return _json_error("the inference log is off (VISIONFLOW_INFERENCE_LOG=off): there is no prediction to attach feedback to", 409)
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError:
+            return _json_error('body is not JSON: send {"request_id": "<from the answer>", "label": "<class name>"}', 400)
+        if not isinstance(body, dict) or not isinstance(body.get("request_id"), str) or not isinstance(body.get("label"), str):
+            return _json_error('send JSON {"request_id": "<from the answer>", "label": "<class name>"} (both strings)', 400)
+        try:
+            fb = await asyncio.to_thread(self.inference_log.feedback, body["request_id"], body["label"])
+        except FeedbackError as exc:
+            return _json_error(str(exc), 400)
+        m = metrics()
+        m.feedback.labels(fb.model_version, str(fb.correct).lower()).inc()
+        m.live_accuracy.labels(fb.model_version).set(fb.live_accuracy)
+        m.feedback_count.labels(fb.model_version).set(fb.n_feedback)
+        return JSONResponse({"request_id": fb.request_id, "label": fb.label, "predicted": fb.predicted, "correct": fb.correct,
+                             "model": {"name": fb.model_name, "version": fb.model_version}, "live_accuracy": fb.live_accuracy,
+                             "feedback_count": fb.n_feedback}, headers={"X-Model-Version": f"{fb.model_name}/{fb.model_version}"})  # fmt: skip
+
+    @probes.get("/")
+    def page(self):
+        from serving.page import PAGE
+
+        return HTMLResponse(PAGE)
+
     @probes.get("/metadata")
     def metadata(self):
         current = self.classifier.current
@@ -188,8 +305,10 @@ class Visionflow:
         return out
 
 
-# outermost first: LoadShedder sheds before any parsing; BatchAnswers sees the batched API's answers
+# outermost first: RequestContext checks the key and counts every answer (shed ones too); LoadShedder
+# sheds before any parsing; BatchAnswers sees the batched API's answers
+Visionflow.add_asgi_middleware(RequestContext, api_key=SETTINGS.api_key, open_paths=SETTINGS.open_paths, access_log=SETTINGS.access_log)
 Visionflow.add_asgi_middleware(LoadShedder, limit=SETTINGS.max_in_flight)
-Visionflow.add_asgi_middleware(MultipartGuard, fields={"/classify": ("image", False), "/classify_batch": ("images", True)})
+Visionflow.add_asgi_middleware(MultipartGuard, fields={"/classify": ("image", False), "/classify_batch": ("images", True), "/explain": ("image", False)})
 if SETTINGS.batching:
     Visionflow.add_asgi_middleware(BatchAnswers, one="/classify", many="/classify_batch")

@@ -40,6 +40,14 @@ class Settings:
     batch_wait_ms: float = 1.0  # longest a request waits for others to join its batch (cap_batch_wait)
     access_log: bool = False  # one log line per request costs throughput; on for debugging
     torch_threads: int = 1  # small models: one intra-op thread leaves the other core to HTTP
+    # production monitoring (README: Maintenance in production)
+    inference_log: str | None = None  # SQLite file of served predictions; None = <workspace>/monitoring/inference.db; "off" = none
+    log_sample: float = 1.0  # fraction of predictions logged
+    keep_images: bool = False  # keep the uploaded images next to the log (privacy: off unless asked)
+    keep_images_mb: float = 500.0  # cap on the kept images; the oldest are deleted first
+    log_max_rows: int = 1_000_000
+    api_key: str | None = None  # with a key, every path but open_paths needs Authorization: Bearer <key>
+    open_paths: frozenset[str] = frozenset({"/", "/healthz", "/livez", "/readyz", "/metrics"})
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -64,6 +72,15 @@ class Settings:
             batch_wait_ms=float(env.get("VISIONFLOW_BATCH_WAIT_MS", cls.batch_wait_ms)),
             access_log=_flag(env.get("VISIONFLOW_ACCESS_LOG"), cls.access_log),
             torch_threads=int(env.get("VISIONFLOW_TORCH_THREADS", cls.torch_threads)),
+            inference_log=env.get("VISIONFLOW_INFERENCE_LOG") or None,
+            log_sample=float(env.get("VISIONFLOW_LOG_SAMPLE", cls.log_sample)),
+            keep_images=_flag(env.get("VISIONFLOW_KEEP_IMAGES"), cls.keep_images),
+            keep_images_mb=float(env.get("VISIONFLOW_KEEP_IMAGES_MB", cls.keep_images_mb)),
+            log_max_rows=int(env.get("VISIONFLOW_LOG_MAX_ROWS", cls.log_max_rows)),
+            api_key=env.get("VISIONFLOW_API_KEY") or None,
+            open_paths=frozenset(p.strip() for p in env["VISIONFLOW_OPEN_PATHS"].split(",") if p.strip())
+            if "VISIONFLOW_OPEN_PATHS" in env
+            else cls.open_paths,
         )
 
 
@@ -178,6 +195,8 @@ class BatchAnswers:
                 if status == 200:
                     m = (answer if single else answer[0])["model"]
                     headers.append((b"x-model-version", f"{m['name']}/{m['version']}".encode()))
+                    if single:  # the prediction's id; /classify_batch's items carry one each
+                        headers.append((b"x-request-id", answer["request_id"].encode()))
             headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})

@@ -144,8 +144,12 @@ def to_array(img: Image.Image, channels: int, size: tuple[int, int], resize: str
 
 def preprocess(images: list[Image.Image], spec: DatasetSpec) -> torch.Tensor:
     """Images → the normalised float batch a model logged with `spec` expects (serving, evaluation)."""
-    x = torch.from_numpy(np.stack([to_array(img, spec.in_channels, spec.image_size, spec.resize) for img in images])).float().div_(255)
-    return normalize(x, spec)
+    return normalize(to_unit(images, spec), spec)
+
+
+def to_unit(images: list[Image.Image], spec: DatasetSpec) -> torch.Tensor:
+    """Images → the training conversion as a float batch in 0..1, not yet normalised."""
+    return torch.from_numpy(np.stack([to_array(img, spec.in_channels, spec.image_size, spec.resize) for img in images])).float().div_(255)
 
 
 def normalize(x01: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
