@@ -78,9 +78,7 @@ class Settings:
             keep_images_mb=float(env.get("VISIONFLOW_KEEP_IMAGES_MB", cls.keep_images_mb)),
             log_max_rows=int(env.get("VISIONFLOW_LOG_MAX_ROWS", cls.log_max_rows)),
             api_key=env.get("VISIONFLOW_API_KEY") or None,
-            open_paths=frozenset(p.strip() for p in env["VISIONFLOW_OPEN_PATHS"].split(",") if p.strip())
-            if "VISIONFLOW_OPEN_PATHS" in env
-            else cls.open_paths,
+            open_paths=frozenset(p.strip() for p in env["VISIONFLOW_OPEN_PATHS"].split(",") if p.strip()) if "VISIONFLOW_OPEN_PATHS" in env else cls.open_paths,
         )
 
 
