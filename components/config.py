@@ -209,6 +209,18 @@ class ScheduleConfig(_Strict):
     drift_threshold: float = Field(0.1, gt=0, description="with retrain_on=drift: the score that triggers retraining")
 
 
+class MonitorConfig(_Strict):
+    """Production monitoring (`visionflow monitor`): the inference log against the champion's training data."""
+
+    window_hours: float = Field(24.0, gt=0, description="predictions of the last this many hours (and since the last retrain it started)")
+    min_requests: int = Field(200, ge=1, description="fewer logged predictions in the window: no decision")
+    live_accuracy_floor: float = Field(0.9, ge=0, le=1, description="live accuracy (from POST /feedback) below this triggers a retrain")
+    min_feedback: int = Field(20, ge=1, description="feedback needed before live accuracy counts")
+    retrain: bool = Field(True, description="start retrain_flow when drift or accuracy fires (false: report only)")
+    learn_from_feedback: bool = Field(False, description="labelled kept images become a new data version (ingest → GX → DVC) before retraining")
+    cron: str = Field("0 * * * *", description="`visionflow schedule`: when monitor_flow runs (next to retrain_flow)")
+
+
 class PackagingConfig(_Strict):
     enabled: bool = Field(True, description="build a Bento of the champion at the end of a pipeline run")
 
@@ -233,10 +245,11 @@ class Config(_Strict):
     orchestration: OrchestrationConfig = OrchestrationConfig()
     packaging: PackagingConfig = PackagingConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     def hash(self) -> str:
-        """Stable short hash of the resolved config (lineage tag and cache key)."""
-        payload = json.dumps(self.model_dump(mode="json", exclude={"profile"}), sort_keys=True)
+        """Stable short hash of the resolved config (lineage tag and cache key); monitoring knobs train nothing."""
+        payload = json.dumps(self.model_dump(mode="json", exclude={"profile", "monitor"}), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

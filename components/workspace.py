@@ -66,6 +66,11 @@ class Workspace:
         return self.reports_dir / "data_docs"
 
     @property
+    def inference_log(self) -> Path:
+        """The served predictions (serving writes, `visionflow monitor` reads); kept images beside it."""
+        return self.home / "monitoring" / "inference.db"
+
+    @property
     def prefect_home(self) -> Path:
         return self.home / "prefect"
 

@@ -311,7 +311,8 @@ def schedule(
     source: Annotated[str | None, typer.Option("--source", help="image folder to retrain on (default: params.yaml data.source)")] = None,
     root: RootOpt = Path("."),
 ) -> None:
-    """Register a scheduled retraining deployment (drift check → retrain) on a Prefect server and serve it (blocks)."""
+    """Register the scheduled maintenance deployments on a Prefect server and serve them (blocks): retrain_flow
+    (data change/drift → retrain) on --cron, monitor_flow (production drift → retrain) on monitor.cron."""
     import os
 
     cfg, ws = _setup(root, profile, set_)
@@ -329,8 +330,18 @@ def schedule(
     except Exception as exc:  # noqa: BLE001
         _fail(f"--cron {cron!r} is not a valid cron expression: {exc}", 2)
     params = {"root": str(ws.root), "profile": profile, "overrides": set_ or [], "source": source}
-    typer.echo(f"deployment retrain_flow/{name}: cron '{cron}', profile {profile}; serving runs until Ctrl-C")
-    retrain_flow.serve(name=name, schedules=[schedule_], parameters=params, print_starting_message=True)
+    from prefect import serve as serve_deployments
+
+    from flows.monitor import monitor_flow
+
+    monitor_params = {k: v for k, v in params.items() if k != "source"}
+    typer.echo(f"deployment retrain_flow/{name}: cron '{cron}', profile {profile}")
+    typer.echo(f"deployment monitor_flow/{name}-monitor: cron '{cfg.monitor.cron}' (production drift → retrain); serving runs until Ctrl-C")
+    serve_deployments(
+        retrain_flow.to_deployment(name=name, schedules=[schedule_], parameters=params),
+        monitor_flow.to_deployment(name=f"{name}-monitor", schedules=[Cron(cfg.monitor.cron)], parameters=monitor_params),
+        print_starting_message=True,
+    )
 
 
 @app.command()
@@ -354,6 +365,38 @@ def retrain(
         typer.echo(f"  {k:<24} {v:.4f}")
     if res["retrained"]:
         typer.echo(f"selection    : {res['decision']}")
+
+
+@app.command()
+def monitor(
+    profile: ProfileOpt = "default",
+    set_: SetOpt = None,
+    window_hours: Annotated[float | None, typer.Option("--window-hours", help="hours of served predictions to compare (default: monitor.window_hours)")] = None,
+    retrain: Annotated[
+        bool | None, typer.Option("--retrain/--no-retrain", help="start a retrain when drift or live accuracy fires [default: monitor.retrain]")
+    ] = None,
+    root: RootOpt = Path("."),
+) -> None:
+    """Compare what the champion served (the inference log) with its training data; report, and retrain on drift."""
+    cfg, ws = _setup(root, profile, set_)
+    if retrain is not None:
+        cfg = cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"retrain": retrain})})
+    if not ws.inference_log.exists():
+        _fail(f"no inference log at {ws.inference_log}: serve the champion (`visionflow serve`) and send it requests first")
+    from flows.monitor import monitor_flow
+
+    res = _result_or_fail(monitor_flow(root=str(ws.root), profile=profile, cfg=cfg, window_hours=window_hours, return_state=True))
+    typer.echo(f"champion     : {res.get('model_name', '?')} v{res.get('model_version', '?')}, {res.get('n', 0)} predictions, "
+               f"{res.get('n_feedback', 0)} with feedback")  # fmt: skip
+    for k, v in res["metrics"].items():
+        typer.echo(f"  {k:<28} {v:.4f}")
+    typer.echo(f"report       : {res['report']}")
+    typer.echo(f"decision     : {'retrain' if res['retrain'] else 'no retrain'} ({res['reason']})")
+    if res.get("retrained"):
+        out = res["retrain_result"]
+        typer.echo(f"retrained    : {'yes' if out['retrained'] else 'no'} ({out['reason']})")
+        if out.get("decision"):
+            typer.echo(f"selection    : {out['decision']}")
 
 
 @app.command()

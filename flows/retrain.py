@@ -7,9 +7,6 @@ Prefect artifact and to the pipeline's MLflow run. Wiring only.
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -28,31 +25,29 @@ from flows.training_pipeline import training_pipeline
 
 
 @task(name="drift-check", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)
-def drift_task(root: str, cfg: Config, data_version: str, force: bool) -> dict:
+def drift_task(root: str, cfg: Config, data_version: str, force: bool, trigger: str | None = None) -> dict:
     ws = Workspace.for_config(root, cfg)
     store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
     champion = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION)
     if champion is None:
         return {"retrain": True, "reason": "no champion yet", "metrics": {}}
-    c = store.client()
-    mv = c.get_model_version(store.CLASSIFIER_MODEL, champion)
-    old_version = (mv.tags or {}).get("data_version")
-    parent = c.get_run(mv.run_id).data.tags.get("mlflow.parentRunId") if mv.run_id else None
+    old_version = store.version_tags(store.CLASSIFIER_MODEL, champion).get("data_version")
     data_dir = ws.data_dir(cfg.data.dir)
     spec, splits = load_dataset(data_dir, cfg.data)
     new_stats = data_stats(spec, splits["train"])
     metrics: dict[str, float] = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            old_stats = json.loads(Path(c.download_artifacts(parent, "data_stats.json", tmp)).read_text())
+    _, old_stats = store.training_reference(store.CLASSIFIER_MODEL, champion)
+    report = None
+    if old_stats is None:  # an older champion: treat as drifted
+        get_run_logger().warning("no drift reference (data_stats.json) for champion v%s", champion)
+    else:
         model, cspec = store.load_logged_model(f"models:/{store.CLASSIFIER_MODEL}/{champion}")
         new_eval = load_spec_split(data_dir, "val", cspec)
         report = drift_report(old_stats, new_stats, model, cspec, new_eval)
         metrics = report.as_metrics()
-    except Exception as exc:  # no reference statistics (an older champion): treat as drifted
-        get_run_logger().warning("no drift reference for champion v%s: %s", champion, exc)
-        report = None
     threshold = cfg.schedule.drift_threshold
+    if trigger:
+        return {"retrain": True, "reason": trigger, "metrics": metrics}
     if force:
         return {"retrain": True, "reason": "forced", "metrics": metrics}
     if data_version == old_version:
@@ -67,19 +62,20 @@ def drift_task(root: str, cfg: Config, data_version: str, force: bool) -> dict:
 
 @flow(name="retrain_flow")
 def retrain_flow(root: str = ".", profile: str = "default", overrides: list[str] | None = None, source: str | None = None, force: bool = False,
-                 cfg: Any = None):  # fmt: skip
-    """Holds the workspace lock for the whole pass (a scheduled run waits for a manual one)."""
+                 cfg: Any = None, trigger: str | None = None):  # fmt: skip
+    """Holds the workspace lock for the whole pass (a scheduled run waits for a manual one).
+    `trigger`: why another flow (monitor_flow) asks for a retrain — it retrains, with that reason."""
     cfg, ws = resolve(root, profile, overrides, cfg)
     with workspace_lock(ws.home, "visionflow retrain", wait=-1, on_wait=get_run_logger().warning):
-        return _retrain(ws, cfg, profile, source, force)
+        return _retrain(ws, cfg, profile, source, force, trigger)
 
 
-def _retrain(ws: Workspace, cfg: Config, profile: str, source: str | None, force: bool):
+def _retrain(ws: Workspace, cfg: Config, profile: str, source: str | None, force: bool, trigger: str | None = None):
     state = data_flow(root=str(ws.root), profile=profile, source=source, cfg=cfg, return_state=True)
     if state.is_failed():
         return Failed(message=state.message)
     data = state.result()
-    decision = drift_task(str(ws.root), cfg, data.data_version, force)
+    decision = drift_task(str(ws.root), cfg, data.data_version, force, trigger)
     lines = "\n".join(f"| {k} | {v:.4f} |" for k, v in decision["metrics"].items())
     create_markdown_artifact(
         key="retrain-decision",
@@ -89,6 +85,8 @@ def _retrain(ws: Workspace, cfg: Config, profile: str, source: str | None, force
     get_run_logger().info("retrain: %s (%s)", decision["retrain"], decision["reason"])
     if not decision["retrain"]:
         return {"retrained": False, "reason": decision["reason"], "metrics": decision["metrics"]}
-    result = training_pipeline(root=str(ws.root), profile=profile, cfg=cfg, force=force, retrain_reason=decision["reason"], drift=decision["metrics"])
+    result = training_pipeline(
+        root=str(ws.root), profile=profile, cfg=cfg, force=force or bool(trigger), retrain_reason=decision["reason"], drift=decision["metrics"]
+    )
     return {"retrained": True, "reason": decision["reason"], "metrics": decision["metrics"], "parent_run_id": result.parent_run_id,
             "champion": result.champion, "decision": result.decision}  # fmt: skip

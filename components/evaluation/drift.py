@@ -22,7 +22,20 @@ def data_stats(spec: DatasetSpec, train: ImageTensors) -> dict:
 
     x = stats_sample(train).float() / 255  # the images that set the normalisation (all, or a fixed sample)
     counts = torch.bincount(train.y, minlength=spec.num_classes).tolist()
-    return {"classes": spec.classes, "class_counts": counts, "pixel_mean": float(x.mean()), "pixel_std": float(x.std()), "n": len(train)}
+    per_image = x.flatten(1)  # brightness/contrast per image: what the inference log records of each request
+    return {"classes": spec.classes, "class_counts": counts, "pixel_mean": float(x.mean()), "pixel_std": float(x.std()), "n": len(train),
+            "brightness_hist": histogram(per_image.mean(1).tolist()), "contrast_hist": histogram(per_image.std(1).tolist())}  # fmt: skip
+
+
+HIST_BINS = 20
+
+
+def histogram(values: list[float]) -> list[int]:
+    """Counts in HIST_BINS equal bins over [0, 1] (pixel statistics in 0..1; the last bin holds 1.0)."""
+    counts = [0] * HIST_BINS
+    for v in values:
+        counts[min(HIST_BINS - 1, max(0, int(v * HIST_BINS)))] += 1
+    return counts
 
 
 def _tv(p: list[float], q: list[float]) -> float:

@@ -174,6 +174,17 @@ class InferenceLog:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
+    def classes(self, model_name: str, model_version: str) -> list[str] | None:
+        with self._lock:
+            row = self._con.execute("SELECT classes FROM models WHERE model_name = ? AND model_version = ?", (model_name, str(model_version))).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def labelled_images(self) -> list[dict]:
+        """Every prediction with feedback whose upload was kept (any model version: a label is a label)."""
+        with self._lock:
+            cur = self._con.execute("SELECT request_id, label, image_path FROM predictions WHERE label IS NOT NULL AND image_path IS NOT NULL ORDER BY ts")
+            return [{"request_id": a, "label": b, "image_path": c} for a, b, c in cur.fetchall()]
+
     def record_decision(self, decision: dict) -> None:
         keys = ("ts", "model_name", "model_version", "n", "score", "live_accuracy", "retrain", "reason", "report")
         with self._lock:

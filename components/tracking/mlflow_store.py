@@ -301,6 +301,24 @@ def alias_version(name: str, alias: str) -> str | None:
         return None
 
 
+def training_reference(name: str, version: str) -> tuple[str | None, dict | None]:
+    """(the version's run id, the data_stats.json its pipeline logged — None for a champion without one)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    c = client()
+    mv = _registry_call(f"read {name} v{version}", c.get_model_version, name, version)
+    if not mv.run_id:
+        return None, None
+    parent = c.get_run(mv.run_id).data.tags.get("mlflow.parentRunId") or mv.run_id
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return mv.run_id, json.loads(Path(c.download_artifacts(parent, "data_stats.json", tmp)).read_text())
+    except Exception:  # noqa: BLE001 — no reference logged (an older champion): the caller says so
+        return mv.run_id, None
+
+
 def version_tags(name: str, version: str) -> dict[str, str]:
     return dict(_registry_call(f"read {name} v{version}", client().get_model_version, name, version).tags or {})
 
