@@ -23,6 +23,15 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override 
 RootOpt = Annotated[Path, typer.Option("--root", help="project folder holding params.yaml and data.dvc")]
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _fail(message: str, code: int = 1) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -282,11 +291,15 @@ def train_ddp(
 @app.command()
 def ui(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+    host: Annotated[str, typer.Option(help="interface to bind: loopback only (the UI has no login)")] = "127.0.0.1",
     root: RootOpt = Path("."),
 ) -> None:
     """Start the MLflow UI on 127.0.0.1 over the workspace's store and print the URL."""
     import os
 
+    if not _loopback(host):
+        _fail(f"--host {host}: the MLflow UI has no login and can move aliases; it binds loopback only. "
+              "Reach it through `ssh -L 5000:127.0.0.1:5000` or an authenticating reverse proxy", 2)  # fmt: skip
     cfg, ws = _setup(root, "default", None)
     from components.tracking import mlflow_store as store
 
@@ -296,7 +309,7 @@ def ui(
     ws.mlflow_dir.mkdir(parents=True, exist_ok=True)
     typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (store {uri}; Ctrl-C stops it)")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--default-artifact-root",
-           (ws.mlflow_dir / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+           (ws.mlflow_dir / "artifacts").as_uri(), "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     from components.process import run_server
 
@@ -431,11 +444,15 @@ def serve(
     max_batch_size: Annotated[int | None, typer.Option(min=1, help="images per batched forward pass [default 32]")] = None,
     max_latency_ms: Annotated[int | None, typer.Option(min=1, help="batching latency budget, ms [default 500]")] = None,
     max_in_flight: Annotated[int | None, typer.Option(min=1, help="requests in flight per worker; more get 503 + Retry-After [default 32]")] = None,
+    access_log: Annotated[bool | None, typer.Option("--access-log/--no-access-log", help="one JSON line per request on stderr [default off]")] = None,
     root: RootOpt = Path("."),
 ) -> None:
-    """Serve the champion over HTTP (BentoML); switches models when the alias moves."""
+    """Serve the champion over HTTP (BentoML); switches models when the alias moves. Beyond loopback only with VISIONFLOW_API_KEY set."""
     import os
 
+    if not _loopback(host) and not os.environ.get("VISIONFLOW_API_KEY"):
+        _fail(f"--host {host} puts the service on the network: export VISIONFLOW_API_KEY=<a long random secret> first "
+              "(clients then send 'Authorization: Bearer <key>'), or bind 127.0.0.1", 2)  # fmt: skip
     cfg, ws = _setup(root, "default", None)
     from components.tracking import mlflow_store as store
 
@@ -443,7 +460,8 @@ def serve(
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "VISIONFLOW_ROOT": str(ws.root), "VISIONFLOW_HOME": str(ws.home), "VISIONFLOW_MODEL_URI": model,
            "VISIONFLOW_POLL_SECONDS": str(poll)}  # fmt: skip
     shape = {"VISIONFLOW_WORKERS": workers, "VISIONFLOW_MAX_BATCH_SIZE": max_batch_size, "VISIONFLOW_MAX_LATENCY_MS": max_latency_ms,
-             "VISIONFLOW_MAX_IN_FLIGHT": max_in_flight, "VISIONFLOW_BATCHING": None if batching is None else ("on" if batching else "off")}  # fmt: skip
+             "VISIONFLOW_MAX_IN_FLIGHT": max_in_flight, "VISIONFLOW_BATCHING": None if batching is None else ("on" if batching else "off"),
+             "VISIONFLOW_ACCESS_LOG": None if access_log is None else ("on" if access_log else "off")}  # fmt: skip
     env.update({k: str(v) for k, v in shape.items() if v is not None})
     typer.echo(f"serving {model} from {uri} on http://{host}:{port}  (ready when GET /healthz is 200)")
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:Visionflow", "--host", host, "--port", str(port)]

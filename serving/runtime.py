@@ -50,7 +50,7 @@ class LoadedModel:
         x01 = to_unit(images, self.spec)
         probs = torch.softmax(self.model(normalize(x01, self.spec)).float(), 1)
         flat = x01.flatten(1)
-        stats = list(zip(flat.mean(1).tolist(), flat.std(1).tolist()))
+        stats = list(zip(flat.mean(1).tolist(), flat.std(1, correction=0).tolist()))  # population std: pooled exactly by the monitor
         out = []
         for p in probs:
             label = int(p.argmax())

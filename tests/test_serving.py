@@ -47,11 +47,11 @@ def _register(exp: str, key: str, seed: int, lineage: dict) -> str:
                                                                  "data_validated": "true", "test_accuracy": "0.5"})  # fmt: skip
 
 
-def _serve(root: Path, uri: str, **settings: str):
+def _serve(root: Path, uri: str, _stderr=subprocess.DEVNULL, **settings: str):
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "VISIONFLOW_POLL_SECONDS": "0.5", "VISIONFLOW_MAX_PIXELS": "1000000", **settings}
     proc = subprocess.Popen([BENTOML, "serve", "serving.service:Visionflow", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=_stderr)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     if not wait_http_ok(f"{base}/readyz"):
         proc.terminate()

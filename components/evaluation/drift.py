@@ -24,7 +24,7 @@ def data_stats(spec: DatasetSpec, train: ImageTensors) -> dict:
     counts = torch.bincount(train.y, minlength=spec.num_classes).tolist()
     per_image = x.flatten(1)  # brightness/contrast per image: what the inference log records of each request
     return {"classes": spec.classes, "class_counts": counts, "pixel_mean": float(x.mean()), "pixel_std": float(x.std()), "n": len(train),
-            "brightness_hist": histogram(per_image.mean(1).tolist()), "contrast_hist": histogram(per_image.std(1).tolist())}  # fmt: skip
+            "brightness_hist": histogram(per_image.mean(1).tolist()), "contrast_hist": histogram(per_image.std(1, correction=0).tolist())}  # fmt: skip
 
 
 HIST_BINS = 20
