@@ -77,21 +77,24 @@ def decide(reference: dict | None, rows: list[dict], classes: list[str], *, mode
     conf = sum(float(r["confidence"]) for r in rows) / len(rows) if rows else None
     base = dict(model_name=model_name, model_version=str(model_version), since=since, n=len(rows), n_feedback=len(labelled),
                 live_accuracy=live, mean_confidence=conf)  # fmt: skip
+    enough = len(rows) >= min_requests
+    drift = _drift(reference, rows, labelled, classes) if enough or live is not None else None
+    reasons = []
+    if enough and drift is not None and drift.comparable and drift.score > threshold:
+        reasons.append(f"production drift score {drift.score:.3f} > {threshold:g} over {len(rows)} predictions")
     if live is not None and live < accuracy_floor:
-        why = f"live accuracy {live:.3f} < floor {accuracy_floor:g} over {len(labelled)} feedback"
-        return MonitorDecision(**base, drift=_drift(reference, rows, labelled, classes), retrain=True, reason=why)
-    if len(rows) < min_requests:
-        return MonitorDecision(**base, drift=None, retrain=False, reason=f"only {len(rows)} logged predictions in the window; need {min_requests}")
-    if reference is None:
-        return MonitorDecision(**base, drift=None, retrain=False, reason="the champion's run has no data_stats.json to compare with")
-    drift = _drift(reference, rows, labelled, classes)
-    if not drift.comparable:
-        return MonitorDecision(**base, drift=drift, retrain=False, reason="the champion's training classes differ from the served model's")
-    if drift.score > threshold:
-        return MonitorDecision(
-            **base, drift=drift, retrain=True, reason=f"production drift score {drift.score:.3f} > {threshold:g} over {len(rows)} predictions"
-        )
-    return MonitorDecision(**base, drift=drift, retrain=False, reason=f"production drift score {drift.score:.3f} <= {threshold:g} over {len(rows)} predictions")
+        reasons.append(f"live accuracy {live:.3f} < floor {accuracy_floor:g} over {len(labelled)} feedback")
+    if reasons:
+        return MonitorDecision(**base, drift=drift, retrain=True, reason="; ".join(reasons))
+    if not enough:
+        why = f"only {len(rows)} logged predictions in the window; need {min_requests}"
+    elif reference is None:
+        why = "the champion's run has no data_stats.json to compare with"
+    elif not drift.comparable:
+        why = "the champion's training classes differ from the served model's"
+    else:
+        why = f"production drift score {drift.score:.3f} <= {threshold:g} over {len(rows)} predictions"
+    return MonitorDecision(**base, drift=drift, retrain=False, reason=why)
 
 
 def _drift(reference: dict | None, rows: list[dict], labelled: list[dict], classes: list[str]) -> DriftReport | None:
