@@ -67,8 +67,10 @@ class Workspace:
 
     @property
     def inference_log(self) -> Path:
-        """The served predictions (serving writes, `visionflow monitor` reads); kept images beside it."""
-        return self.home / "monitoring" / "inference.db"
+        """The served predictions (serving writes, `visionflow monitor` reads); kept images beside it.
+        VISIONFLOW_INFERENCE_LOG moves it, for both."""
+        moved = os.environ.get("VISIONFLOW_INFERENCE_LOG", "")
+        return Path(moved) if moved and moved.lower() != "off" else self.home / "monitoring" / "inference.db"
 
     @property
     def prefect_home(self) -> Path:

@@ -71,7 +71,7 @@ def _read(path: Path, settings: Settings) -> Image.Image:
 def _log_path(settings: Settings) -> Path | None:
     if (settings.inference_log or "").lower() == "off":
         return None
-    return Path(settings.inference_log) if settings.inference_log else _ws.inference_log
+    return _ws.inference_log  # VISIONFLOW_INFERENCE_LOG or the workspace's, as `visionflow monitor` reads it
 
 
 def _json_error(message: str, status: int) -> JSONResponse:
