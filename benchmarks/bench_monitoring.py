@@ -47,7 +47,12 @@ class CodeServer(Server):
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **env, "VISIONFLOW_HOME": str(REPO / ".visionflow"), "MLFLOW_TRACKING_URI": f"sqlite:///{REPO / '.visionflow' / 'mlflow' / 'mlflow.db'}"}
+        env = {
+            **os.environ,
+            **env,
+            "VISIONFLOW_HOME": str(REPO / ".visionflow"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{REPO / '.visionflow' / 'mlflow' / 'mlflow.db'}",
+        }
         self.proc = subprocess.Popen([CLI, "serve", "--port", str(self.port), "--poll", "1", "--root", str(code_root)], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
 
@@ -114,15 +119,19 @@ def drift(args) -> None:
     rng = np.random.default_rng(0)
     scenarios = [("in-distribution (test split)", [d for d, _ in digits], False)]
     scenarios += [(f"{how} digits", [_shift(d, how, rng) for d, _ in digits], args.retrain and how == "inverted") for how in ("noisy σ=0.3", "inverted")]
-    print("| 2,000 requests of | sent in s | monitor decision | drift score | pixel-mean shift | class TV | mean confidence | monitor s |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "| 2,000 requests of | sent in s | monitor decision | drift score | pixel-mean shift | class TV | mean confidence | monitor s |\n|---|---|---|---|---|---|---|---|"
+    )
     for name, images, retrain in scenarios:
         log = Path(tempfile.mkdtemp()) / "inference.db"
         server = Server({**env, "VISIONFLOW_INFERENCE_LOG": str(log)})
         try:
             server.wait_ready()
             t = time.perf_counter()
+            url = server.url + path
             with httpx.Client(timeout=30) as http, cf.ThreadPoolExecutor(8) as pool:
-                codes = list(pool.map(lambda i: http.post(server.url + path, files={field: ("x.png", images[i % len(images)])}).status_code, range(2000)))
+                codes = list(pool.map(lambda i, url=url, images=images: http.post(url, files={field: ("x.png", images[i % len(images)])}).status_code,
+                                      range(2000)))  # fmt: skip
             sent = time.perf_counter() - t
             assert set(codes) == {200}, statistics.multimode(codes)
             t = time.perf_counter()

@@ -33,7 +33,7 @@ def main() -> int:
     from components.data.ingest import ingest
     from components.data.synthetic import SHAPES, make_photo_folder
     from components.evaluation.metrics import evaluate_classifier
-    from components.evaluation.plots import saliency_png
+    from components.evaluation.plots import explanation_png
     from components.models import create_model
     from components.training.classifier import fit
     from components.training.device import select_device, use_bf16
@@ -62,8 +62,7 @@ def main() -> int:
     test = load_spec_split(tmp / "data", "test", spec)
     ev = evaluate_classifier(model, spec, test, latency_runs=5)
     out["evaluation_on_gpu"] = {"accuracy": round(ev.accuracy, 4), **{k: round(v, 4) for k, v in ev.robustness.items()}}
-    saliency_png(model, spec, test, args.out / "saliency.png")
-    out["saliency_png"] = (args.out / "saliency.png").exists()
+    out["explanation_png"] = explanation_png(model, spec, test, args.out).exists()
     # streaming: the same first epoch (no augmentation) from DataLoader workers into the GPU
     losses = {}
     for budget in (4096, 0):

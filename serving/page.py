@@ -1,5 +1,5 @@
 """GET / — a page a person can use: drop an image, see the label, the probabilities as bars, the
-saliency overlay, the model and data version, and the service's live numbers from /metrics.
+Grad-CAM (or saliency) overlay, the model and data version, and the service's live numbers from /metrics.
 Plain HTML + fetch(); no external assets (served offline, behind the API key if one is set)."""
 
 PAGE = """<!doctype html>
@@ -22,7 +22,7 @@ PAGE = """<!doctype html>
   <fieldset><legend class="muted">Was it right?</legend><select id="truth"></select> <button id="send" type="button">send feedback</button>
   <div class="muted" id="feedback"></div></fieldset>
   <p class="muted" id="rid"></p></div>
- <div><img id="preview" alt="your image"><br><img id="overlay" alt="saliency overlay" hidden><div class="muted">saliency: where the answer came from</div></div>
+ <div><img id="preview" alt="your image"><br><img id="overlay" alt="saliency overlay" hidden><div class="muted"><span id="method">saliency</span>: where the answer came from</div></div>
 </div>
 <h2 style="font-size:1.1rem">Live</h2><p id="live" class="muted">…</p>
 <script>
@@ -57,7 +57,7 @@ $("file").onchange = async () => {
     $("truth").innerHTML = ""; for (const c of Object.keys(a.probabilities)) $("truth").add(new Option(c, c, false, c === a.class_name));
     $("feedback").textContent = ""; $("result").hidden = false;
     showModel(a);
-    try { const e = await call("/explain", {method: "POST", body: form()}); $("overlay").src = e.saliency_png; $("overlay").hidden = false; }
+    try { const e = await call("/explain", {method: "POST", body: form()}); $("overlay").src = e.explanation.png; $("overlay").hidden = false; $("method").textContent = e.explanation.method; }
     catch (e) { $("overlay").hidden = true; }
     refresh();
   } catch (e) { $("error").textContent = e.message; $("result").hidden = true; }

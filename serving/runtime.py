@@ -61,26 +61,24 @@ class LoadedModel:
             })  # fmt: skip
         return out, stats
 
-    def explain(self, image: Image.Image) -> bytes:
-        """A PNG of the model's input with its gradient saliency (|∂ score / ∂ pixel| of the predicted
-        class, as the report's saliency figure) laid over it in red."""
+    def explain(self, image: Image.Image) -> tuple[bytes, str]:
+        """A PNG of the model's input with where the answer came from laid over it in red (Grad-CAM
+        for convolutional models, gradient saliency otherwise — as the report's figure), and the method."""
         import numpy as np
 
-        x01 = to_unit([image], self.spec).requires_grad_(True)
-        with torch.enable_grad():
-            logits = self.model(normalize(x01, self.spec))
-            (grad,) = torch.autograd.grad(logits[0, logits[0].argmax()], x01)
-        sal = grad.abs().amax(1)[0]
-        sal = (sal / sal.max().clamp_min(1e-12)).numpy()
-        base = x01.detach()[0].mean(0).numpy() if self.spec.in_channels == 1 else x01.detach()[0].permute(1, 2, 0).numpy()
+        from components.evaluation.explain import explain
+
+        x01 = to_unit([image], self.spec)
+        maps, method = explain(self.model, x01, self.spec)
+        heat = maps[0].numpy()[..., None]
+        base = x01[0].mean(0).numpy() if self.spec.in_channels == 1 else x01[0].permute(1, 2, 0).numpy()
         rgb = np.repeat(base[..., None], 3, 2) if base.ndim == 2 else base
-        heat = np.stack([np.ones_like(sal), np.zeros_like(sal), np.zeros_like(sal)], -1)
-        mixed = rgb * (1 - 0.6 * sal[..., None]) + heat * 0.6 * sal[..., None]
+        mixed = rgb * (1 - 0.6 * heat) + np.array([1.0, 0.0, 0.0]) * 0.6 * heat
         img = Image.fromarray((mixed.clip(0, 1) * 255).round().astype(np.uint8))
         scale = max(1, 224 // max(img.size))  # small inputs (28 px digits) enlarged for the page
         buf = io.BytesIO()
         img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(buf, format="PNG")
-        return buf.getvalue()
+        return buf.getvalue(), method
 
 
 def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:

@@ -5,7 +5,7 @@
 - POST /classify        multipart field `image` (PNG/JPEG/BMP, any size, gray or RGB)
 - POST /classify_batch  multipart fields `images` (one or more files) → one answer per image
 - POST /generate        JSON {"class_name" or "label", "n"} → PNG grid from the `generator` alias
-- POST /explain         multipart field `image` → the answer plus a saliency overlay (PNG, base64)
+- POST /explain         multipart field `image` → the answer plus a Grad-CAM (or saliency) overlay (PNG, base64)
 - POST /feedback        JSON {"request_id", "label"}: the true class of a served prediction
 - GET  /healthz         200 only when the model is loaded and warmed up
 - GET  /metadata        the model, its metrics and full lineage
@@ -247,7 +247,7 @@ class Visionflow:
 
     @probes.post("/explain")
     def explain(self, image: UploadFile = File(...)):
-        """The answer for one image (not logged: the page calls /classify for that) and its saliency overlay."""
+        """The answer for one image (not logged: the page calls /classify for that) and where it came from."""
         model = self.classifier.current
         if model is None:
             return _json_error(f"no model loaded yet: {self.classifier.error}", 503)
@@ -256,7 +256,8 @@ class Visionflow:
         except InputError as exc:
             return _json_error(str(exc), exc.status)
         answer = model.classify([img])[0]
-        answer["saliency_png"] = "data:image/png;base64," + base64.b64encode(model.explain(img)).decode()
+        overlay, method = model.explain(img)
+        answer["explanation"] = {"method": method, "png": "data:image/png;base64," + base64.b64encode(overlay).decode()}
         return JSONResponse(answer, headers={"X-Model-Version": f"{model.name}/{model.version}"})
 
     @probes.post("/feedback")

@@ -80,3 +80,28 @@ def test_evaluate_classifier_and_report_columns(tmp_path):
     assert header == COLUMNS and html.exists() and (tmp_path / "latest" / "report.md").exists()
     gan_row = (tmp_path / "latest" / "report.csv").read_text().splitlines()[2].split(",")
     assert gan_row[COLUMNS.index("accuracy")] == "" and gan_row[COLUMNS.index("gan_test")] == "0.9"
+
+
+def test_grad_cam_peaks_where_the_evidence_is():
+    """A model whose class-0 score is the mean of one 3×3 conv's ReLU output: its Grad-CAM must peak
+    on the bright patch (the only evidence), and the rnn-style model without convs gets saliency."""
+    from components.evaluation.explain import explain
+
+    spec = DatasetSpec(["a", "b"], 1, (28, 28), [0.0], [1.0])
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    nn.init.constant_(conv.weight, 1.0)
+    head = nn.Linear(1, 2, bias=False)
+    head.weight.data = torch.tensor([[1.0], [-1.0]])
+    model = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+    x = torch.zeros(2, 1, 28, 28)
+    x[0, 0, 20:24, 4:8] = 1.0  # evidence bottom-left
+    x[1, 0, 3:7, 18:22] = 1.0  # and top-right
+    maps, method = explain(model, x, spec, torch.tensor([0, 0]))
+    assert method == "Grad-CAM" and maps.shape == (2, 28, 28)
+    for m, (rows, cols) in zip(maps, [(range(19, 25), range(3, 9)), (range(2, 8), range(17, 23))]):
+        r, c = divmod(int(m.argmax()), 28)
+        assert r in rows and c in cols, (r, c)
+        assert float(m[r, c]) == 1.0 and float(m[0, 27 if c < 14 else 0]) < 0.05  # far corners are cold
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 2))
+    maps, method = explain(flat, x, spec, torch.tensor([0, 1]))
+    assert method == "saliency" and maps.shape == (2, 28, 28)

@@ -12,7 +12,7 @@ from components.config import EngineConfig, EvaluationConfig, TrainConfig
 from components.data.datasets import load_spec_split
 from components.evaluation.gan_metrics import gan_test, gan_train, generate
 from components.evaluation.metrics import evaluate_classifier, probabilities
-from components.evaluation.plots import confusion_matrix_png, gan_grid_png, loss_curves_png, saliency_png
+from components.evaluation.plots import confusion_matrix_png, explanation_png, gan_grid_png, loss_curves_png
 from components.models import family_of
 from components.training.runner import load_trained
 
@@ -24,7 +24,7 @@ def evaluate_classifier_file(key: str, model_path: str, data_dir: Path, out_dir:
     out_dir.mkdir(parents=True, exist_ok=True)
     images = [
         confusion_matrix_png(ev.confusion, spec.classes, f"{key}: test confusion matrix", out_dir / "confusion_matrix.png"),
-        saliency_png(model, spec, test, out_dir / "saliency.png", per_class=cfg.saliency_per_class),
+        explanation_png(model, spec, test, out_dir, per_class=cfg.saliency_per_class),
     ]
     correct_path = out_dir / "test_correct.json"
     correct_path.write_text(json.dumps({"paths": test.paths, "correct": ev.correct}))

@@ -1,4 +1,4 @@
-"""Images a person looks at: confusion matrix, saliency overlays, GAN sample grid, GAN loss curves.
+"""Images a person looks at: confusion matrix, Grad-CAM / saliency overlays, GAN sample grid, GAN loss curves.
 
 matplotlib with the non-interactive Agg backend; every function writes one PNG and returns its path.
 """
@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 
 from components.data.datasets import DatasetSpec, ImageTensors
-from components.evaluation.metrics import _normalise
 
 
 def _plt():
@@ -45,37 +44,37 @@ def confusion_matrix_png(confusion: list[list[int]], classes: list[str], title: 
     return path
 
 
-def saliency_png(model: nn.Module, spec: DatasetSpec, test: ImageTensors, path: Path, per_class: int = 3) -> Path:
-    """Gradient saliency (|∂ score / ∂ pixel|) over a few test images of every class."""
-    plt = _plt()
+def explanation_png(model: nn.Module, spec: DatasetSpec, test: ImageTensors, out_dir: Path, per_class: int = 3) -> Path:
+    """Per-class overlays of where the answer came from (components/evaluation/explain.py): Grad-CAM
+    for models with convolutions (`gradcam.png`), gradient saliency otherwise (`saliency.png`)."""
+    from components.evaluation.explain import explain
     from components.training.device import select_device
 
+    plt = _plt()
     device = select_device("auto")  # gradients on the training device, pictures on the CPU
     model = model.to(device).eval()
     picks = []
     for c in range(spec.num_classes):
-        idx = (test.y == c).nonzero().flatten()[:per_class].tolist()
-        picks += idx
-    x01 = (test.x[picks].float() / 255).to(device).requires_grad_(True)
-    logits = model(_normalise(x01, spec))
-    score = logits.gather(1, test.y[picks][:, None].to(device)).sum()
-    (grad,) = torch.autograd.grad(score, x01)
-    sal = grad.abs().amax(1)
-    sal = (sal / sal.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]).cpu()
-    x01 = x01.detach().cpu()
+        picks += (test.y == c).nonzero().flatten()[:per_class].tolist()
+    x01 = (test.x[picks].float() / 255).to(device)
+    maps, method = explain(model, x01, spec, test.y[picks].to(device))
+    x01 = x01.cpu()
     cols = per_class * 2
     fig, axes = plt.subplots(spec.num_classes, cols, figsize=(cols * 0.9, spec.num_classes * 0.9), dpi=100, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for k, i in enumerate(picks):
         r, cpos = int(test.y[i]), (k % per_class) * 2
-        img = x01[k].detach().permute(1, 2, 0).squeeze(-1).numpy()
-        axes[r][cpos].imshow(img, cmap="gray" if spec.in_channels == 1 else None)
-        axes[r][cpos + 1].imshow(img if spec.in_channels == 3 else img, cmap="gray" if spec.in_channels == 1 else None)
-        axes[r][cpos + 1].imshow(sal[k].numpy(), cmap="jet", alpha=0.5)
+        img = x01[k].permute(1, 2, 0).squeeze(-1).numpy()
+        cmap = "gray" if spec.in_channels == 1 else None
+        axes[r][cpos].imshow(img, cmap=cmap)
+        axes[r][cpos + 1].imshow(img, cmap=cmap)
+        axes[r][cpos + 1].imshow(maps[k].numpy(), cmap="jet", alpha=0.5)
         if cpos == 0:
             axes[r][0].set_title(spec.classes[r], fontsize=7, loc="left")
+    fig.suptitle(f"{method} for the true class", fontsize=8)
     fig.tight_layout(pad=0.2)
+    path = out_dir / ("gradcam.png" if method == "Grad-CAM" else "saliency.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
