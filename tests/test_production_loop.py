@@ -134,13 +134,12 @@ def test_production_drift_starts_a_retrain_on_a_new_data_version(served_digits):
     assert len(learned) == 100 and {p.parent.parent.name for p in learned} == {label for _, label in digits[:100]}
     status = subprocess.run([CLI, "data", "status"], cwd=root, env=_env(), capture_output=True, text=True)
     assert status.returncode == 0, status.stdout + status.stderr
-    import mlflow
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{root / '.visionflow' / 'mlflow' / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["visionflow"], filter_string="tags.retrain_reason LIKE 'production drift%'")
+    c = MlflowClient(tracking_uri=f"sqlite:///{root / '.visionflow' / 'mlflow' / 'mlflow.db'}")  # not the process-wide URI: later tests use theirs
+    runs = c.search_runs([c.get_experiment_by_name("visionflow").experiment_id], filter_string="tags.retrain_reason LIKE 'production drift%'")
     assert len(runs) == 1
     # the monitor's numbers and reports sit under the first champion's run
-    c = mlflow.MlflowClient()
     v1 = c.get_model_version("visionflow-classifier", "1")
     history = c.get_metric_history(v1.run_id, "prod_drift_score")
     assert len(history) == 2 and history[0].value <= 0.1 < history[1].value
