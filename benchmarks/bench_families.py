@@ -56,7 +56,7 @@ def run_seed(cfg, data_dir: Path, out: Path, loaded) -> dict:
         t = time.perf_counter()
         row["gan_train"] = gan_train(gan, spec, splits["test"], workdir=out / "gan_train", cnn_hparams=cfg.models.cnn.hparams,
                                      n=cfg.evaluation.gan_train_samples,
-                                     cfg=TrainConfig(epochs=cfg.evaluation.gan_train_epochs, augment="shift", patience=10_000))  # fmt: skip
+                                     cfg=TrainConfig(epochs=cfg.evaluation.gan_train_epochs, augment="shift", noise_sigma=0.0, patience=10_000))  # fmt: skip
         row["seconds"]["gan_train_metric"] = time.perf_counter() - t
     return row
 

@@ -112,6 +112,17 @@ class TrainConfig(_Strict):
     crop_scale: float = Field(0.6, gt=0, le=1, description="photo: smallest area fraction of a random resized crop")
     flip: bool = Field(True, description="photo: random horizontal flips")
     color_jitter: float = Field(0.2, ge=0, lt=1, description="photo: brightness/contrast/saturation within ±this")
+    noise_sigma: float | Literal["auto"] = Field(
+        "auto", description="noise robustness: Gaussian noise σ ~ U(0, this) (pixel range 0..1) on noise_fraction of each batch; "
+        "auto: 0.4 for gray (digit-style) data, 0 (off) for RGB photos"
+    )  # fmt: skip
+    noise_fraction: float = Field(0.5, ge=0, le=1, description="share of each training batch that gets noise")
+    adversarial: Literal["none", "fgsm", "pgd"] = Field(
+        "none", description="adversarial training on adv_fraction of each batch: fgsm (one step from a random start, 'fast is better than free') or pgd"
+    )
+    adv_eps: float = Field(0.1, gt=0, le=1, description="adversarial budget ε (L∞, pixel range 0..1)")
+    adv_fraction: float = Field(0.5, gt=0, le=1)
+    adv_steps: int = Field(3, ge=1, description="pgd: steps of size 2.5·ε/steps")
     grad_clip: float | None = Field(None, gt=0)
     patience: int = Field(10, ge=1, description="early stopping: epochs without a better val accuracy")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -120,13 +131,13 @@ class TrainConfig(_Strict):
 
 
 AUTO_RECIPE = {  # the data's style decides every `auto` of a recipe (measured: README, Your own images)
-    "photo": {"epochs": 60, "batch_size": 32, "augment": "photo"},  # RGB: random resized crop, flip, colour jitter
-    "digits": {"epochs": 30, "batch_size": 128, "augment": "affine"},  # gray: affine, no flips (digits are not symmetric)
+    "photo": {"epochs": 60, "batch_size": 32, "augment": "photo", "noise_sigma": 0.0},  # RGB: random resized crop, flip, colour jitter
+    "digits": {"epochs": 30, "batch_size": 128, "augment": "affine", "noise_sigma": 0.4},  # gray: affine, no flips; noise-robust
 }
 
 
 def resolve_recipe(cfg: TrainConfig, channels: int) -> TrainConfig:
-    """`auto` epochs / batch size / augmentation for the data's style: RGB → photo, gray → digits."""
+    """`auto` epochs / batch size / augmentation / noise for the data's style: RGB → photo, gray → digits."""
     style = "photo" if channels == 3 else "digits"
     update = {k: v for k, v in AUTO_RECIPE[style].items() if getattr(cfg, k) == "auto"}
     return cfg.model_copy(update=update) if update else cfg

@@ -42,7 +42,7 @@ def evaluate_gan_file(gan_path: str, judge_path: str, data_dir: Path, out_dir: P
     out_dir.mkdir(parents=True, exist_ok=True)
     g_test = gan_test(gan, judge, spec, n=cfg.gan_test_samples, seed=seed)
     g_train = gan_train(gan, spec, real_test, n=cfg.gan_train_samples,
-                        cfg=TrainConfig(epochs=cfg.gan_train_epochs, augment="shift", patience=10_000, seed=seed),
+                        cfg=TrainConfig(epochs=cfg.gan_train_epochs, augment="shift", noise_sigma=0.0, patience=10_000, seed=seed),
                         workdir=out_dir / "gan_train", engine=EngineConfig(progress=False), seed=seed,
                         cnn_hparams=cnn_hparams)  # fmt: skip
     per_class = 8

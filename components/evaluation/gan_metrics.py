@@ -42,7 +42,7 @@ def gan_train(
     real_test: ImageTensors,
     *,
     n: int = 10_000,
-    cfg: TrainConfig = TrainConfig(epochs=4, augment="shift", patience=100),
+    cfg: TrainConfig = TrainConfig(epochs=4, augment="shift", noise_sigma=0.0, patience=100),
     workdir: Path,
     engine: EngineConfig = EngineConfig(progress=False),
     seed: int = 0,

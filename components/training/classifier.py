@@ -50,8 +50,46 @@ class Batcher:
             x = photo_augment(x, self.cfg, gen)
         elif mode != "none":
             x = augment(x, self.cfg, gen)
-        x = (x - self.mean) / self.std
+        if self.cfg is not None and self.cfg.noise_sigma:
+            x = add_noise(x, float(self.cfg.noise_sigma), self.cfg.noise_fraction, gen)
+        return self.normalize(x)
+
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        x = (x01 - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def add_noise(x: torch.Tensor, sigma_max: float, fraction: float, gen: torch.Generator | None) -> torch.Tensor:
+    """Gaussian noise with σ ~ U(0, sigma_max) on a random `fraction` of the batch, clamped to [0, 1]:
+    the model learns the clean and the noisy image alike (noise robustness at no clean cost)."""
+    n = x.shape[0]
+    sigma = torch.rand(n, generator=gen) * sigma_max * (torch.rand(n, generator=gen) < fraction)
+    noise = torch.randn(x.shape, generator=gen)  # drawn on the CPU: the same numbers on any device
+    return (x + noise.to(x.device) * sigma.view(n, 1, 1, 1).to(x.device)).clamp_(0, 1)
+
+
+def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batcher: Batcher, cfg: TrainConfig, loss_fn: nn.Module,
+                      gen: torch.Generator | None, bf16: bool) -> torch.Tensor:  # fmt: skip
+    """Replace the first adv_fraction of a (normalised, shuffled) batch by its FGSM/PGD adversarial
+    version within ε (L∞ in pixel units, random start), staying in the valid pixel range."""
+    k = int(len(x) * cfg.adv_fraction) // 2 * 2  # even: see the channels_last note in train_one_epoch
+    if k == 0:
+        return x
+    eps = cfg.adv_eps / batcher.std  # per channel, in normalised units
+    lo, hi = (0 - batcher.mean) / batcher.std, (1 - batcher.mean) / batcher.std
+    steps = 1 if cfg.adversarial == "fgsm" else cfg.adv_steps
+    step = 1.25 * eps if cfg.adversarial == "fgsm" else 2.5 * eps / steps
+    xa, ya = x[:k].detach(), y[:k]
+    delta = (torch.rand(xa.shape, generator=gen).to(x.device) * 2 - 1) * eps
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        with _autocast(batcher.device, bf16):
+            loss = loss_fn(model(torch.max(torch.min(xa + delta, hi), lo)).float(), ya)
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = torch.max(torch.min(delta.detach() + step * grad.sign(), eps), -eps)
+    adv = torch.max(torch.min(xa + delta, hi), lo).detach()
+    out = torch.cat([adv, x[k:]])
+    return out.contiguous(memory_format=torch.channels_last) if batcher.channels_last else out
 
 
 def photo_augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator | None) -> torch.Tensor:
@@ -147,6 +185,8 @@ def train_one_epoch(
         check_stop()  # SIGTERM / Ctrl-C: a training thread ends within a batch
         x = batcher(xb, gen)
         y = data.y[idx].to(batcher.device, non_blocking=True)
+        if batcher.cfg is not None and batcher.cfg.adversarial != "none":
+            x = adversarial_batch(model, x, y, batcher, batcher.cfg, loss_fn, gen, bf16)
         with _autocast(batcher.device, bf16):
             logits = model(x)
             loss = loss_fn(logits.float(), y)
