@@ -171,9 +171,11 @@ def adopt_cached_task(trained: dict, cfg: Config, exp_id: str, parent_id: str, l
 def fuse_task(cfg: Config, member_paths: dict[str, str], data_dir: str, run_dir: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
     fam = cfg.models.decision_fusion
     run_id = store.start_run(exp_id, "decision_fusion", {**lineage, "family": "hybrid", "model": "decision_fusion"},
-                             {"members": json.dumps(list(fam.members)), "alpha_steps": str(fam.alpha_steps)}, parent_id)  # fmt: skip
+                             {"members": json.dumps(list(fam.members)), "alpha_steps": str(fam.alpha_steps), "calibrate": str(fam.calibrate),
+                              "criterion": fam.criterion}, parent_id)  # fmt: skip
     result = runner.fuse(fam, member_paths, Path(data_dir), Path(run_dir))
-    store.log_metrics(run_id, {"alpha": result["alpha"], "val_acc": result["val_acc"]})
+    store.log_metrics(run_id, {"alpha": result["alpha"], "val_acc": result["val_acc"], "temperature_1": result["temperatures"][0],
+                               "temperature_2": result["temperatures"][1]})  # fmt: skip
     get_run_logger().info("decision_fusion: α=%.2f chosen on validation (val acc %.4f)", result["alpha"], result["val_acc"])
     return {**result, "run_id": run_id}
 

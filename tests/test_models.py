@@ -129,3 +129,22 @@ def test_decision_fusion_alpha_is_chosen_on_validation_only():
     expected = 0.25 * torch.softmax(f1(x), 1) + 0.75 * torch.softmax(f2(x), 1)
     assert torch.allclose(torch.softmax(fused(x), 1), expected, atol=1e-6)
     assert fused.state_dict()["alpha"].item() == 0.25
+
+
+def test_fusion_calibrates_members_and_chooses_alpha_by_log_loss():
+    from components.models.hybrid import calibrate, fit_temperature
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (300,), generator=gen)
+    logits = torch.nn.functional.one_hot(y, 3).float() * 2 + torch.randn(300, 3, generator=gen)
+    overconfident = torch.softmax(logits * 4, 1)  # right ~85 %, sure of everything
+    t = fit_temperature(overconfident, y)
+    assert t > 2  # the fitted temperature undoes most of the ×4
+    fixed = calibrate(overconfident, t)
+    assert torch.equal(fixed.argmax(1), overconfident.argmax(1))  # accuracy unchanged
+    nll = lambda p: -torch.log(p.gather(1, y[:, None])).mean()  # noqa: E731
+    assert nll(fixed) < nll(overconfident)
+    # two members with independent errors: the log loss picks a real mixture, not one member
+    other = torch.softmax((torch.nn.functional.one_hot(y, 3).float() * 2 + torch.randn(300, 3, generator=gen)), 1)
+    alpha, acc = choose_alpha(calibrate(overconfident, t), other, y, criterion="nll")
+    assert 0.1 < alpha < 0.9 and acc > 0.8

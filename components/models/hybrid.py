@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -56,31 +58,53 @@ class FeatureFusion(nn.Module):
 
 
 class DecisionFusion(nn.Module):
-    """Returns log(α·p1 + (1−α)·p2): log-probabilities, so softmax/argmax behave like logits."""
+    """Returns log(α·p1 + (1−α)·p2) with p_i = softmax(f_i(x) / T_i): log-probabilities, so
+    softmax/argmax behave like logits. T_i calibrates each member (fitted on validation; 1 = as trained)."""
 
-    def __init__(self, f1: nn.Module, f2: nn.Module, alpha: float = 0.5):
+    def __init__(self, f1: nn.Module, f2: nn.Module, alpha: float = 0.5, t1: float = 1.0, t2: float = 1.0):
         super().__init__()
         self.f1, self.f2 = f1, f2
         self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.register_buffer("t1", torch.tensor(float(t1)))
+        self.register_buffer("t2", torch.tensor(float(t2)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.alpha * torch.softmax(self.f1(x).float(), 1) + (1 - self.alpha) * torch.softmax(self.f2(x).float(), 1)
-        return torch.log(p.clamp_min(1e-12))
+        p1 = torch.softmax(self.f1(x).float() / self.t1, 1)
+        p2 = torch.softmax(self.f2(x).float() / self.t2, 1)
+        return torch.log((self.alpha * p1 + (1 - self.alpha) * p2).clamp_min(1e-12))
 
 
-def choose_alpha(p1_val: torch.Tensor, p2_val: torch.Tensor, y_val: torch.Tensor, steps: int = 21) -> tuple[float, float]:
-    """α on the validation split: best accuracy, ties broken by lower NLL, then by closeness to 0.5."""
-    best: tuple[float, float, float, float] | None = None
+def _nll(p: torch.Tensor, y: torch.Tensor) -> float:
+    return -torch.log(p.gather(1, y[:, None]).clamp_min(1e-12)).mean().item()
+
+
+def fit_temperature(p_val: torch.Tensor, y_val: torch.Tensor) -> float:
+    """Temperature scaling (Guo et al. 2017) on validation: the T in [0.25, 4] (log grid) whose
+    softmax(log p / T) has the lowest NLL. One scalar: the argmax, so accuracy, never changes."""
+    logp = torch.log(p_val.clamp_min(1e-12))
+    grid = torch.exp(torch.linspace(math.log(0.25), math.log(4.0), 41)).tolist()
+    return min(grid, key=lambda t: (_nll(torch.softmax(logp / t, 1), y_val), abs(math.log(t))))
+
+
+def calibrate(p_val: torch.Tensor, t: float) -> torch.Tensor:
+    return torch.softmax(torch.log(p_val.clamp_min(1e-12)) / t, 1)
+
+
+def choose_alpha(p1_val: torch.Tensor, p2_val: torch.Tensor, y_val: torch.Tensor, steps: int = 21, criterion: str = "accuracy") -> tuple[float, float]:
+    """α on the validation split. accuracy: best accuracy, ties broken by lower NLL, then by
+    closeness to 0.5; nll: lowest NLL (smooth: a few hundred validation images rarely separate α
+    by accuracy), ties by closeness to 0.5. Returns (α, validation accuracy at α)."""
+    best: tuple | None = None
     for i in range(steps):
         a = i / (steps - 1)
         p = a * p1_val + (1 - a) * p2_val
         acc = (p.argmax(1) == y_val).float().mean().item()
-        nll = -torch.log(p.gather(1, y_val[:, None]).clamp_min(1e-12)).mean().item()
-        key = (-acc, nll, abs(a - 0.5), a)
+        nll = _nll(p, y_val)
+        key = (-acc, nll, abs(a - 0.5), a, acc) if criterion == "accuracy" else (nll, abs(a - 0.5), 0.0, a, acc)
         if best is None or key < best:
             best = key
     assert best is not None
-    return best[3], -best[0]
+    return best[3], best[4]
 
 
 @register_model("cnn_lstm", family="hybrid")
@@ -95,11 +119,18 @@ def feature_fusion(*, num_classes: int, in_channels: int, image_size: tuple[int,
 
 @register_model("decision_fusion", family="hybrid")
 def decision_fusion(
-    *, num_classes: int, in_channels: int, image_size: tuple[int, int], members=("cnn", "cnn_lstm"), alpha: float = 0.5, member_hparams: dict | None = None
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: tuple[int, int],
+    members=("cnn", "cnn_lstm"),
+    alpha: float = 0.5,
+    member_hparams: dict | None = None,
+    temperatures: tuple[float, float] = (1.0, 1.0),
 ) -> nn.Module:
     """Untrained members of the named models; the pipeline loads trained weights and sets α."""
     from components.models import create_model
 
     hp = member_hparams or {}
     f1, f2 = (create_model(m, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **hp.get(m, {})) for m in members)
-    return DecisionFusion(f1, f2, alpha)
+    return DecisionFusion(f1, f2, alpha, *temperatures)

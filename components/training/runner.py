@@ -16,7 +16,7 @@ import torch.nn as nn
 from components.config import ClassifierFamily, DataConfig, DecisionFusionFamily, EngineConfig, GanFamily
 from components.data.datasets import DatasetSpec, ImageTensors, load_dataset, load_spec_split
 from components.models import create_model, family_of
-from components.models.hybrid import choose_alpha
+from components.models.hybrid import calibrate, choose_alpha, fit_temperature
 from components.models.transfer import expected_input
 from components.training.classifier import Batcher, EpochCallback, dist_rank_world, evaluate, fit, predict_proba
 from components.training.device import select_device
@@ -121,8 +121,10 @@ def fuse(
     val = loaded[1]["val"] if loaded else load_spec_split(data_dir, "val", spec)
     batcher = Batcher(spec, device, channels_last=False)
     p1, p2 = (predict_proba(m, val, batcher) for m in (m1, m2))
-    alpha, val_acc = choose_alpha(p1, p2, val.y, fam.alpha_steps)
-    hparams = {"members": [b["model_name"] for b in blobs], "alpha": alpha, "member_hparams": {b["model_name"]: b["hparams"] for b in blobs}}
+    t1, t2 = (fit_temperature(p, val.y) for p in (p1, p2)) if fam.calibrate else (1.0, 1.0)
+    alpha, val_acc = choose_alpha(calibrate(p1, t1), calibrate(p2, t2), val.y, fam.alpha_steps, fam.criterion)
+    hparams = {"members": [b["model_name"] for b in blobs], "alpha": alpha, "temperatures": [t1, t2],
+               "member_hparams": {b["model_name"]: b["hparams"] for b in blobs}}  # fmt: skip
     if blobs[0]["model_name"] == blobs[1]["model_name"] and blobs[0]["hparams"] != blobs[1]["hparams"]:
         raise ValueError("decision_fusion: two members of the same model need the same hparams")
     fused = create_model("decision_fusion", num_classes=spec.num_classes, in_channels=spec.in_channels, image_size=spec.image_size, **hparams)
@@ -130,7 +132,7 @@ def fuse(
     fused.f2.load_state_dict(blobs[1]["state_dict"])
     path = save_trained(fused, "decision_fusion", hparams, spec, out_dir / "decision_fusion" / MODEL_FILE)
     return {"key": "decision_fusion", "model": "decision_fusion", "family": "hybrid", "path": str(path),
-            "val_acc": val_acc, "alpha": alpha, "members": list(fam.members)}  # fmt: skip
+            "val_acc": val_acc, "alpha": alpha, "temperatures": [t1, t2], "members": list(fam.members)}  # fmt: skip
 
 
 def split_accuracy(model_path: str | Path, data: ImageTensors) -> float:
