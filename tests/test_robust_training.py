@@ -65,3 +65,46 @@ def test_noise_and_adversarial_batches_stay_in_range_and_budget():
     assert torch.equal(adv[32:], xn[32:])  # only the first half is attacked
     assert (pixels[:32] - x[:32]).abs().max() <= 0.1 + 1e-5 and pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
     assert (pixels[:32] - x[:32]).abs().max() > 0.05
+
+
+class _LabelPainter(torch.nn.Module):
+    """A stand-in generator: the image of class k is flat grey at k/10, so a batch shows its labels."""
+
+    def sample(self, labels: torch.Tensor, generator=None) -> torch.Tensor:
+        return (labels.float() / 10).view(-1, 1, 1, 1).expand(-1, 1, 8, 8).clone()
+
+
+def test_gan_augmented_batches_hold_the_ratio_and_the_generators_labels():
+    from components.training.classifier import SyntheticMix, train_one_epoch
+
+    spec = DatasetSpec([str(i) for i in range(10)], 1, (8, 8), [0.0], [1.0])
+    real = ImageTensors(torch.full((256, 1, 8, 8), 255, dtype=torch.uint8), torch.zeros(256, dtype=torch.long), [str(i) for i in range(256)])
+    seen_x, seen_y = [], []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            seen_x.append(x.detach().clone())
+            return self.lin(x.flatten(1))
+
+    def loss_fn(logits, y):
+        seen_y.append(y.clone())
+        return torch.nn.functional.cross_entropy(logits, y)
+
+    model = Spy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    batcher = Batcher(spec, torch.device("cpu"), False, TrainConfig(augment="none", noise_sigma=0.0))
+    mix = SyntheticMix(_LabelPainter(), 10, 0.25)
+    train_one_epoch(model, real, batcher, opt, sched, loss_fn, batch_size=64, bf16=False, grad_clip=None,
+                    gen=torch.Generator().manual_seed(0), synthetic=mix)  # fmt: skip
+    assert len(seen_x) == 4
+    for x, y in zip(seen_x, seen_y):
+        k = len(x) - 64
+        assert k == mix.count(64) and abs(k / len(x) - 0.25) < 0.02  # 20 of 84 images per batch
+        assert torch.all(x[:64] == 1.0) and torch.all(y[:64] == 0)  # the real images, as they were
+        painted = (x[64:].flatten(1).mean(1) * 10).round().long()  # the generated images carry their labels
+        assert torch.equal(painted, y[64:]) and len(set(y[64:].tolist())) > 3

@@ -150,6 +150,27 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator | None) -> t
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+@dataclass
+class SyntheticMix:
+    """GAN augmentation: class-conditional samples of a trained generator join each training batch,
+    `ratio` of the batch (labels uniform over the classes; the generator's images, as uint8, go
+    through the same augmentation as the real ones)."""
+
+    generator: nn.Module  # .sample(labels, generator=) → images in [0, 1] (ConditionalDCGAN), or labels → images
+    num_classes: int
+    ratio: float
+
+    def count(self, n_real: int) -> int:
+        return int(round(n_real * self.ratio / (1 - self.ratio))) // 2 * 2  # even: see the channels_last note
+
+    @torch.no_grad()
+    def sample(self, k: int, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.randint(0, self.num_classes, (k,), generator=gen)
+        sample = getattr(self.generator, "sample", None)
+        images = sample(labels, generator=gen) if sample is not None else self.generator(labels)
+        return (images.float().clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+
 def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
@@ -166,6 +187,7 @@ def train_one_epoch(
     bf16: bool,
     grad_clip: float | None,
     gen: torch.Generator,
+    synthetic: SyntheticMix | None = None,
 ) -> dict[str, float]:
     model.train()
     order = torch.randperm(len(data), generator=gen)
@@ -183,8 +205,12 @@ def train_one_epoch(
     batches = [b for b in batches if len(b) >= 2]  # BatchNorm needs 2
     for idx, xb in zip(batches, data.batches(batches)):  # from memory, or decoded from disk by workers
         check_stop()  # SIGTERM / Ctrl-C: a training thread ends within a batch
+        y = data.y[idx]
+        if synthetic is not None and (k := synthetic.count(len(idx))):
+            xs, ys = synthetic.sample(k, gen)
+            xb, y = torch.cat([xb, xs.to(xb.device)]), torch.cat([y, ys.to(y.device)])
         x = batcher(xb, gen)
-        y = data.y[idx].to(batcher.device, non_blocking=True)
+        y = y.to(batcher.device, non_blocking=True)
         if batcher.cfg is not None and batcher.cfg.adversarial != "none":
             x = adversarial_batch(model, x, y, batcher, batcher.cfg, loss_fn, gen, bf16)
         with _autocast(batcher.device, bf16):
@@ -196,9 +222,9 @@ def train_one_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         scheduler.step()
-        total_loss += loss.item() * len(idx)
+        total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
-        seen += len(idx)
+        seen += len(y)
     seconds = time.perf_counter() - start
     if world > 1:  # the epoch's figures over all ranks
         import torch.distributed as dist
@@ -298,6 +324,7 @@ def fit(
     resume: bool = False,
     on_epoch_end: EpochCallback | None = None,
     label: str = "train",
+    synthetic: SyntheticMix | None = None,
 ) -> FitResult:
     """Train with early stopping on val accuracy; `workdir` gets last.pt (resume) and best.pt."""
     cfg = resolve_recipe(cfg, spec.in_channels)  # `auto` epochs / batch size / augmentation for the data's style
@@ -345,7 +372,7 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         stats = train_one_epoch(step_model, train, train_batcher, optimizer, scheduler, loss_fn,
-                                batch_size=cfg.batch_size, bf16=bf16, grad_clip=cfg.grad_clip, gen=gen)  # fmt: skip
+                                batch_size=cfg.batch_size, bf16=bf16, grad_clip=cfg.grad_clip, gen=gen, synthetic=synthetic)  # fmt: skip
         if world > 1:
             _sync_buffers(model)  # BatchNorm statistics are per rank: rank 0's, so every rank scores the same
         val_stats = evaluate(model, val, eval_batcher, bf16=bf16)

@@ -18,7 +18,7 @@ from components.data.datasets import DatasetSpec, ImageTensors, load_dataset, lo
 from components.models import create_model, family_of
 from components.models.hybrid import calibrate, choose_alpha, fit_temperature
 from components.models.transfer import expected_input
-from components.training.classifier import Batcher, EpochCallback, dist_rank_world, evaluate, fit, predict_proba
+from components.training.classifier import Batcher, EpochCallback, SyntheticMix, dist_rank_world, evaluate, fit, predict_proba
 from components.training.device import select_device
 from components.training.gan import fit_gan
 
@@ -69,18 +69,42 @@ def train_classifier(
 ) -> dict[str, Any]:
     spec, splits = loaded or load_for_training(data_dir, data, engine)
     spec = expected_input(fam.model, fam.hparams, spec)  # pretrained weights bring their own normalisation
-    model = _seeded_model(fam.model, spec, fam.hparams, fam.train.seed)
-    res = fit(model, splits["train"], splits["val"], spec, fam.train, engine, workdir=out_dir / key / "checkpoints",
-              resume=resume, on_epoch_end=on_epoch_end, label=key)  # fmt: skip
+    ratios = fam.train.synthetic_ratio if isinstance(fam.train.synthetic_ratio, list) else [fam.train.synthetic_ratio]
+    generator = load_generator(fam.train.synthetic_generator, spec) if any(r > 0 for r in ratios) else None
+    tried: dict[float, tuple[nn.Module, Any]] = {}
+    for ratio in ratios:  # GAN augmentation: each ratio trained, the best on validation kept (0 = real only)
+        model = _seeded_model(fam.model, spec, fam.hparams, fam.train.seed)
+        mix = SyntheticMix(generator, spec.num_classes, ratio) if ratio > 0 else None
+        workdir = out_dir / key / ("checkpoints" if len(ratios) == 1 else f"checkpoints-synthetic-{ratio:g}")
+        tried[ratio] = model, fit(model, splits["train"], splits["val"], spec, fam.train, engine, workdir=workdir,
+                                  resume=resume, on_epoch_end=on_epoch_end, label=key, synthetic=mix)  # fmt: skip
+    ratio = max(tried, key=lambda r: (tried[r][1].best_val_acc, -r))  # ties: less synthetic data
+    model, res = tried[ratio]
     model_path = out_dir / key / MODEL_FILE
     if dist_rank_world()[0] == 0:  # under DDP every rank holds the same weights; one writes them
         save_trained(model, fam.model, fam.hparams, spec, model_path)
     return {
         "key": key, "model": fam.model, "family": family_of(fam.model), "path": str(model_path),
         "val_acc": res.best_val_acc, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
-        "train_seconds": res.seconds, "img_per_s": res.img_per_s, "bf16": res.bf16, "device": res.device,
-        "history": res.history,
+        "train_seconds": sum(r.seconds for _, r in tried.values()), "img_per_s": res.img_per_s, "bf16": res.bf16, "device": res.device,
+        "history": res.history, "synthetic_ratio": ratio, "synthetic_val_acc": {f"{r:g}": t[1].best_val_acc for r, t in tried.items()},
     }  # fmt: skip
+
+
+def load_generator(source: str | None, spec: DatasetSpec) -> nn.Module:
+    """The generator of GAN augmentation: a registered one (models:/NAME@ALIAS or /VERSION) or a trained GAN's model.pt."""
+    if not source:
+        raise ValueError("synthetic_ratio > 0 needs train.synthetic_generator: models:/visionflow-gan@generator or a GAN's model.pt")
+    if source.startswith("models:/"):
+        from components.tracking.mlflow_store import load_logged_model
+
+        gen, gspec = load_logged_model(source)
+    else:
+        gen, gspec = load_trained(source)
+    if (gspec.num_classes, gspec.in_channels, tuple(gspec.image_size)) != (spec.num_classes, spec.in_channels, tuple(spec.image_size)):
+        raise ValueError(f"synthetic_generator {source} makes {gspec.in_channels}×{tuple(gspec.image_size)} images of {gspec.num_classes} classes; "
+                         f"this data is {spec.in_channels}×{tuple(spec.image_size)}, {spec.num_classes} classes")  # fmt: skip
+    return gen.eval()
 
 
 def train_gan(
