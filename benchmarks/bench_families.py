@@ -1,5 +1,7 @@
-"""Issue 3's numbers: test accuracy of every family (mean/min/max over seeds), GAN-test/GAN-train,
-wall time of training all families together, peak resident memory.
+"""Issues 3 and 12's numbers: test accuracy of every family (mean/min/max over seeds), its robustness
+(Gaussian noise σ 0.3, FGSM ε 0.05 and 0.1, on the test split), the decision fusion's α (and how
+often it is 1.0 or 0.0: not fusing), the champion (best on validation) and its figures,
+GAN-test/GAN-train, wall time of training all families together, peak resident memory.
 
 Run (after `make run` has ingested data/):
     .venv/bin/python benchmarks/bench_families.py --profile default --seeds 0 1 2
@@ -22,6 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.workspace import Workspace  # noqa: E402
 
+ROBUST = ("acc_noise_0.3", "acc_fgsm_0.05", "acc_fgsm_0.1")
+
+
+def _robustness(path: str, test) -> dict[str, float]:
+    from components.evaluation.metrics import robustness
+    from components.training.runner import load_trained
+
+    model, spec = load_trained(path)
+    return robustness(model, test.x.float() / 255, test.y, spec, noise=(0.3,), eps=(0.05, 0.1))
+
 
 def run_seed(cfg, data_dir: Path, out: Path, loaded) -> dict:
     from components.config import TrainConfig
@@ -38,17 +50,24 @@ def run_seed(cfg, data_dir: Path, out: Path, loaded) -> dict:
         row["seconds"][key] = time.perf_counter() - t
         row[key] = split_accuracy(trained[key]["path"], splits["test"])
         row[f"{key}_epochs"] = trained[key]["epochs_run"]
+        row[f"{key}_val"] = trained[key]["val_acc"]
     if cfg.models.decision_fusion.enabled:
         t = time.perf_counter()
         fused = fuse(cfg.models.decision_fusion, {k: v["path"] for k, v in trained.items()}, data_dir, out, loaded=loaded)
         row["seconds"]["decision_fusion"] = time.perf_counter() - t
         row["decision_fusion"] = split_accuracy(fused["path"], splits["test"])
         row["alpha"] = fused["alpha"]
+        row["decision_fusion_val"] = fused["val_acc"]
+        trained["decision_fusion"] = fused
     if cfg.models.gan.enabled:
         t = time.perf_counter()
         g = train_gan(cfg.models.gan, cfg.engine, data_dir, out, loaded=loaded)
         row["seconds"]["gan"] = time.perf_counter() - t
     row["train_all_seconds"] = time.perf_counter() - t_all
+    for key, t in trained.items():  # robustness on the test split, measured (chosen on nothing)
+        for metric, value in _robustness(t["path"], splits["test"]).items():
+            row[f"{key}_{metric}"] = value
+    row["champion"] = max(trained, key=lambda k: trained[k]["val_acc"])  # as the pipeline chooses: validation only
     if cfg.models.gan.enabled and "cnn" in trained:
         gan, _ = load_trained(g["path"])
         judge, _ = load_trained(trained["cnn"]["path"])
@@ -85,10 +104,23 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    metrics = [m for m in ("cnn", "rnn", "cnn_lstm", "feature_fusion", "decision_fusion", "gan_test", "gan_train") if m in rows[0]]
-    print(f"\nprofile {args.profile}, seeds {args.seeds}, test split of {len(loaded[1]['test'])} images")
-    print("| metric | mean | min | max |\n|---|---|---|---|")
-    for m in metrics:
+    families = [m for m in ("cnn", "rnn", "cnn_lstm", "feature_fusion", "decision_fusion") if m in rows[0]]
+    print(f"\nprofile {args.profile}, seeds {args.seeds}, test split of {len(loaded[1]['test'])} images; mean (min–max) over seeds")
+
+    def cell(vals: list[float]) -> str:
+        return f"{statistics.mean(vals):.2f} ({min(vals):.2f}–{max(vals):.2f})"
+
+    print("| model | clean | noise σ 0.3 | FGSM ε 0.05 | FGSM ε 0.1 |\n|---|---|---|---|---|")
+    for m in families:
+        cols = [[r[m] * 100 for r in rows]] + [[r[f"{m}_{k}"] * 100 for r in rows] for k in ROBUST]
+        print(f"| {m} | " + " | ".join(cell(c) for c in cols) + " |")
+    champ = [[r[r["champion"]] * 100 for r in rows]] + [[r[f"{r['champion']}_{k}"] * 100 for r in rows] for k in ROBUST]
+    print(f"| champion (best on validation: {', '.join(r['champion'] for r in rows)}) | " + " | ".join(cell(c) for c in champ) + " |")
+    if "alpha" in rows[0]:
+        alphas = [r["alpha"] for r in rows]
+        print(f"\ndecision fusion α per seed: {alphas}; not fusing (α = 0 or 1) in {sum(a in (0.0, 1.0) for a in alphas)} of {len(alphas)}")
+    print("\n| metric | mean | min | max |\n|---|---|---|---|")
+    for m in [m for m in ("gan_test", "gan_train") if m in rows[0]]:
         vals = [r[m] * 100 for r in rows]
         print(f"| {m} | {statistics.mean(vals):.2f} % | {min(vals):.2f} % | {max(vals):.2f} % |")
     times = [r["train_all_seconds"] for r in rows]
