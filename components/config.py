@@ -218,6 +218,9 @@ class SelectionConfig(_Strict):
     on_class_change: Literal["promote", "hold"] = Field(
         "promote", description="new model trained on another class set: promote it (new data defines the task) or hold the champion (new model → challenger)"
     )
+    robustness_weight: float = Field(
+        0.0, ge=0, le=1, description="rank this run's classifiers by (1−w)·val accuracy + w·val accuracy under the evaluation's noise and FGSM attacks"
+    )
 
 
 class ScheduleConfig(_Strict):

@@ -184,7 +184,7 @@ def fuse_task(cfg: Config, member_paths: dict[str, str], data_dir: str, run_dir:
 def evaluate_task(trained: dict, cfg: Config, data_dir: str, run_dir: str) -> dict:
     key = trained["key"]
     out = ev.evaluate_classifier_file(key, trained["path"], Path(data_dir), Path(run_dir) / key / "evaluation", cfg.evaluation)
-    store.log_metrics(trained["run_id"], {f"test_{k}": v for k, v in out["metrics"].items()})
+    store.log_metrics(trained["run_id"], {**{f"test_{k}": v for k, v in out["metrics"].items()}, "val_robust_accuracy": out["val_robust"]})
     store.log_artifacts(trained["run_id"], [Path(p) for p in out["images"]] + [Path(out["correct_path"])], "evaluation")
     model, spec = runner.load_trained(trained["path"])
     model_uri = store.log_model(trained["run_id"], model, _input_example(spec), spec.to_json(),
@@ -217,11 +217,11 @@ def report_task(rows: list[dict], images: dict[str, list[str]], notes: list[str]
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)  # idempotent: a retry finds its versions
-def register_task(evals: list[dict], gan_eval: dict | None, lineage: dict) -> promotion.Registration:
+def register_task(evals: list[dict], gan_eval: dict | None, lineage: dict, robustness_weight: float = 0.0) -> promotion.Registration:
     gen = None
     if gan_eval is not None:
         gen = promotion.GeneratorCandidate(gan_eval["run_id"], gan_eval["model_uri"], gan_eval["metrics"]["gan_test"], gan_eval["metrics"]["gan_train"])
-    return promotion.register_candidates([promotion.Candidate.from_eval(e) for e in evals], gen, lineage)
+    return promotion.register_candidates([promotion.Candidate.from_eval(e) for e in evals], gen, lineage, robustness_weight)
 
 
 @task(name="select", cache_policy=NO_CACHE)
@@ -377,7 +377,7 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
         report = report_task(rows, images, notes, str(ws.reports_dir / parent), str(ws.reports_dir / "latest"), parent)
         selection, bento = None, None
         if promote:
-            registration = register_task(evals, gan_eval, lineage)
+            registration = register_task(evals, gan_eval, lineage, cfg.selection.robustness_weight)
             selection = select_task(registration, cfg, str(data_dir), data.classes)
             bento = package_task(str(ws.root), cfg, selection) if cfg.packaging.enabled else None
             if bento:

@@ -41,3 +41,13 @@ def test_gate_keeps_champion_unless_significantly_better():
     worse = [True] * 80 + [False] * 20
     assert not gate(worse, champion, margin=0.0, alpha=0.05).promote
     assert gate(worse, None, margin=0.0, alpha=0.05).promote
+
+
+def test_the_selection_can_weigh_robustness_on_validation():
+    from components.tracking.promotion import Candidate, best_candidate
+
+    sharp = Candidate("cnn", "cnn", "r1", "m1", val_acc=0.995, test_acc=0.99, correct_path="", val_robust=0.60)
+    sturdy = Candidate("rnn", "rnn", "r2", "m2", val_acc=0.985, test_acc=0.98, correct_path="", val_robust=0.95)
+    assert best_candidate([sharp, sturdy]).key == "cnn"  # default: validation accuracy alone
+    assert best_candidate([sharp, sturdy], robustness_weight=0.5).key == "rnn"
+    assert best_candidate([sharp, sturdy], robustness_weight=0.01).key == "cnn"

@@ -11,7 +11,7 @@ import torch
 from components.config import EngineConfig, EvaluationConfig, TrainConfig
 from components.data.datasets import load_spec_split
 from components.evaluation.gan_metrics import gan_test, gan_train, generate
-from components.evaluation.metrics import evaluate_classifier, probabilities
+from components.evaluation.metrics import evaluate_classifier, probabilities, robustness
 from components.evaluation.plots import confusion_matrix_png, explanation_png, gan_grid_png, loss_curves_png
 from components.models import family_of
 from components.training.runner import load_trained
@@ -26,11 +26,14 @@ def evaluate_classifier_file(key: str, model_path: str, data_dir: Path, out_dir:
         confusion_matrix_png(ev.confusion, spec.classes, f"{key}: test confusion matrix", out_dir / "confusion_matrix.png"),
         explanation_png(model, spec, test, out_dir, per_class=cfg.saliency_per_class),
     ]
+    val = load_spec_split(data_dir, "val", spec)  # for selection.robustness_weight: a choice, so on validation
+    val_robust = robustness(model, val.x.float() / 255, val.y, spec, noise=cfg.noise_sigmas, eps=cfg.fgsm_eps)
     correct_path = out_dir / "test_correct.json"
     correct_path.write_text(json.dumps({"paths": test.paths, "correct": ev.correct}))
     blob = torch.load(model_path, map_location="cpu", weights_only=True)
     row = {"model": key, "family": family_of(blob["model_name"]), **{k: v for k, v in ev.flat_metrics().items() if not k.startswith("acc_class_")}}
-    return {"row": row, "metrics": ev.flat_metrics(), "images": [str(p) for p in images], "correct_path": str(correct_path)}
+    return {"row": row, "metrics": ev.flat_metrics(), "images": [str(p) for p in images], "correct_path": str(correct_path),
+            "val_robust": sum(val_robust.values()) / max(len(val_robust), 1)}  # fmt: skip
 
 
 def evaluate_gan_file(gan_path: str, judge_path: str, data_dir: Path, out_dir: Path, cfg: EvaluationConfig, history: list[dict],

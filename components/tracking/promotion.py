@@ -35,10 +35,12 @@ class Candidate:
     val_acc: float
     test_acc: float
     correct_path: str  # test_correct.json: per-image correctness on the test split, manifest order
+    val_robust: float = 0.0  # mean validation accuracy under the evaluation's noise and FGSM attacks
 
     @classmethod
     def from_eval(cls, e: dict[str, Any]) -> "Candidate":
-        return cls(e["key"], e["row"]["family"], e["run_id"], e["model_uri"], float(e["val_acc"]), float(e["metrics"]["accuracy"]), e["correct_path"])
+        return cls(e["key"], e["row"]["family"], e["run_id"], e["model_uri"], float(e["val_acc"]), float(e["metrics"]["accuracy"]), e["correct_path"],
+                   float(e.get("val_robust", 0.0)))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,15 @@ def _common_tags(lineage: dict[str, str], run_id: str, family: str, task: str) -
     return {**lineage, "run_id": run_id, "family": family, "evaluated": "true", "data_validated": "true", "task": task}
 
 
-def register_candidates(candidates: list[Candidate], generator: GeneratorCandidate | None, lineage: dict[str, str]) -> Registration:
-    """Every model as `visionflow-<key>`, the best on validation as a `visionflow-classifier` version."""
+def best_candidate(candidates: list[Candidate], robustness_weight: float = 0.0) -> Candidate:
+    """The classifier to register as `visionflow-classifier`: validation figures only (test stays unseen)."""
+    return max(candidates, key=lambda c: ((1 - robustness_weight) * c.val_acc + robustness_weight * c.val_robust, c.val_acc))
+
+
+def register_candidates(candidates: list[Candidate], generator: GeneratorCandidate | None, lineage: dict[str, str],
+                        robustness_weight: float = 0.0) -> Registration:  # fmt: skip
+    """Every model as `visionflow-<key>`, the best on validation as a `visionflow-classifier` version
+    (by validation accuracy, or with `robustness_weight` w by (1−w)·accuracy + w·robust accuracy)."""
     if not candidates:
         raise ValueError("no evaluated classifier to register")
     versions: dict[str, str] = {}
@@ -100,7 +109,7 @@ def register_candidates(candidates: list[Candidate], generator: GeneratorCandida
         tags = {**_common_tags(lineage, c.run_id, c.family, "classification"), "test_accuracy": f"{c.test_acc:.6f}", "val_accuracy": f"{c.val_acc:.6f}"}
         name = store.registered_name(c.key)
         versions[name] = store.register_version(c.model_uri, name, tags)
-    best = max(candidates, key=lambda c: c.val_acc)  # chosen on validation only
+    best = best_candidate(candidates, robustness_weight)
     tags = {**_common_tags(lineage, best.run_id, best.family, "classification"), "model_key": best.key, "test_accuracy": f"{best.test_acc:.6f}",
             "val_accuracy": f"{best.val_acc:.6f}", "registered_from": f"{store.registered_name(best.key)}/{versions[store.registered_name(best.key)]}"}  # fmt: skip
     classifier_version = store.register_version(best.model_uri, store.CLASSIFIER_MODEL, tags)
