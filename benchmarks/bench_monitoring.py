@@ -141,7 +141,7 @@ def drift(args) -> None:
             if out.returncode:
                 sys.exit(out.stdout + out.stderr)
             vals = {ln.split()[0]: ln.split()[1] for ln in out.stdout.splitlines() if ln.startswith("  prod_")}
-            decision = next(ln for ln in out.stdout.splitlines() if ln.startswith("decision")).split(":", 1)[1].strip()
+            decision = next(ln for ln in out.stdout.splitlines() if ln.startswith("decision")).split(":", 1)[1].strip().replace(" (monitor.retrain is off)", "")
             print(f"| {name} | {sent:.1f} | {decision} | {vals.get('prod_drift_score')} | {vals.get('prod_drift_pixel_mean_shift')} | "
                   f"{vals.get('prod_drift_class_tv')} | {vals.get('prod_mean_confidence')} | {took:.0f} |", flush=True)  # fmt: skip
             if retrain:

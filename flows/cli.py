@@ -404,7 +404,9 @@ def monitor(
     for k, v in res["metrics"].items():
         typer.echo(f"  {k:<28} {v:.4f}")
     typer.echo(f"report       : {res['report']}")
-    typer.echo(f"decision     : {'retrain' if res['retrain'] else 'no retrain'} ({res['reason']})")
+    from flows.monitor import verdict
+
+    typer.echo(f"decision     : {verdict(res)} ({res['reason']})")
     if res.get("retrained"):
         out = res["retrain_result"]
         typer.echo(f"retrained    : {'yes' if out['retrained'] else 'no'} ({out['reason']})")

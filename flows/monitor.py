@@ -62,7 +62,7 @@ def monitor_task(root: str, cfg: Config, window_hours: float | None = None) -> d
                              "retrain": int(will_retrain), "reason": decision.reason, "report": str(report)})  # fmt: skip
     finally:
         log.close()
-    return {**decision.as_dict(), "retrain": will_retrain, "report": str(report)}
+    return {**decision.as_dict(), "retrain": will_retrain, "needs_retrain": decision.retrain, "report": str(report)}
 
 
 @task(name="feedback-to-data", cache_policy=NO_CACHE)
@@ -78,6 +78,12 @@ def feedback_source_task(root: str, cfg: Config) -> dict:
     return {"source": str(out), "added": added}
 
 
+def verdict(decision: dict) -> str:
+    if decision["retrain"]:
+        return "retrain"
+    return "retrain needed, not started (monitor.retrain is off)" if decision.get("needs_retrain") else "no retrain"
+
+
 @flow(name="monitor_flow")
 def monitor_flow(root: str = ".", profile: str = "default", overrides: list[str] | None = None, cfg: Any = None, window_hours: float | None = None):
     cfg, ws = resolve(root, profile, overrides, cfg)
@@ -86,11 +92,11 @@ def monitor_flow(root: str = ".", profile: str = "default", overrides: list[str]
     lines = "\n".join(f"| {k} | {v:.4f} |" for k, v in decision["metrics"].items())
     create_markdown_artifact(
         key="monitor-decision",
-        markdown=f"## Production monitor: {'retrain' if decision['retrain'] else 'no retrain'}\n\n{decision['reason']}\n\n"
+        markdown=f"## Production monitor: {verdict(decision)}\n\n{decision['reason']}\n\n"
         f"report: {decision['report']}\n\n| metric | value |\n|---|---|\n{lines}\n",
         description="visionflow production drift check",
     )
-    logger.warning("monitor: %s (%s)", "retrain" if decision["retrain"] else "no retrain", decision["reason"])
+    logger.warning("monitor: %s (%s)", verdict(decision), decision["reason"])
     if not decision["retrain"]:
         return {**decision, "retrained": False}
     source = None
