@@ -306,6 +306,24 @@ def _prepare_data(ws: Workspace, cfg: Config, profile: str, source: str | None, 
     return data
 
 
+class _Ran:
+    """A task already run in the flow's thread, with a future's `result()`."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+def _start(task_, here: bool, *args, **kwargs):
+    """Submit a training task to the task runner — or, one family at a time on threads (the default),
+    run it now in the flow's own thread: torch 2.14.1 trains the rnn ~2× and cnn_lstm/gan ~1.35×
+    slower in a worker thread than in the main thread on these CPUs (even at 1 intra-op thread;
+    benchmarks/bench_pipeline_overhead.py), which made in-pipeline training slower than the benchmark."""
+    return _Ran(task_(*args, **kwargs)) if here else task_.submit(*args, **kwargs)
+
+
 @flow(name="training_pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def training_pipeline(root: str = ".", profile: str = "default", overrides: list[str] | None = None, source: str | None = None,
                       force: bool = False, data_version: str | None = None, retrain_reason: str | None = None,
@@ -346,15 +364,16 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
         models_dir = str(ws.home / "models")
         run_args = (exp_id, parent, lineage)
         keys = {k: family_cache_key(k, fam, cfg, data.data_version) for k, fam in cfg.models.classifiers().items()}
+        here = cfg.orchestration.task_runner == "thread" and cfg.orchestration.max_workers == 1
         futures = {
-            k: train_classifier_task.with_options(task_run_name=f"train-{k}", refresh_cache=_must_retrain(force, models_dir, ck))
-            .submit(k, cfg, str(data_dir), models_dir, ck, uri, *run_args, fresh=force)
+            k: _start(train_classifier_task.with_options(task_run_name=f"train-{k}", refresh_cache=_must_retrain(force, models_dir, ck)),
+                      here, k, cfg, str(data_dir), models_dir, ck, uri, *run_args, fresh=force)
             for k, ck in keys.items()
         }  # fmt: skip
         gan_key = family_cache_key("gan", cfg.models.gan, cfg, data.data_version)
         gan_future = (
-            train_gan_task.with_options(refresh_cache=_must_retrain(force, models_dir, gan_key))
-            .submit(cfg, str(data_dir), models_dir, gan_key, uri, *run_args, fresh=force)
+            _start(train_gan_task.with_options(refresh_cache=_must_retrain(force, models_dir, gan_key)),
+                   here, cfg, str(data_dir), models_dir, gan_key, uri, *run_args, fresh=force)
             if cfg.models.gan.enabled else None
         )  # fmt: skip
         trained = {k: _adopt(f.result(), cfg, *run_args) for k, f in futures.items()}
