@@ -42,7 +42,10 @@ def _cli(root: Path, *args: str, env: dict | None = None, timeout: float = 600) 
 
 
 def _popen(root: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([VISIONFLOW, *args], cwd=root, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # its own process group: a kill -9 below takes the group, as systemd or docker kill a service
+    # (a kill -9 of the CLI alone would leave its children, Prefect's ephemeral API server, running)
+    return subprocess.Popen([VISIONFLOW, *args], cwd=root, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
 
 
 def _small_project(project: Path) -> Path:
@@ -195,7 +198,7 @@ def test_sigterm_kill9_resume_and_reproduce(project, tracking_env):
 
     run = _popen(root, "run", *sets)
     _wait_for_epoch(root, run, 2)
-    os.kill(run.pid, signal.SIGKILL)
+    os.killpg(run.pid, signal.SIGKILL)
     run.wait(timeout=30)
     reached = torch.load(_checkpoint(root), map_location="cpu", weights_only=False)["epoch"]
 
