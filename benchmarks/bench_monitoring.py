@@ -37,24 +37,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_serving import CLI, CONFIGS, DEFAULT, REPO, Server, closed_loop, open_loop, sample_png  # noqa: E402
 
 
-class CodeServer(Server):
+def code_server(env: dict[str, str], code_root: Path) -> Server:
     """`visionflow serve` whose service code comes from `code_root` (another checkout), over this repo's workspace."""
-
-    def __init__(self, env: dict[str, str], code_root: Path):
-        import signal  # noqa: F401  (Server.stop uses it)
-
-        from bench_serving import free_port
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            **env,
-            "VISIONFLOW_HOME": str(REPO / ".visionflow"),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{REPO / '.visionflow' / 'mlflow' / 'mlflow.db'}",
-        }
-        self.proc = subprocess.Popen([CLI, "serve", "--port", str(self.port), "--poll", "1", "--root", str(code_root)], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    return Server({**env, "VISIONFLOW_HOME": str(REPO / ".visionflow"), "MLFLOW_TRACKING_URI": f"sqlite:///{REPO / '.visionflow' / 'mlflow' / 'mlflow.db'}"},
+                  root=code_root)  # fmt: skip
 
 
 def overhead(args) -> None:
@@ -63,7 +49,7 @@ def overhead(args) -> None:
     runs = [("inference log + metrics (shipped)", lambda: Server({**env, "VISIONFLOW_INFERENCE_LOG": str(Path(tempfile.mkdtemp()) / "inference.db")})),
             ("metrics only (VISIONFLOW_INFERENCE_LOG=off)", lambda: Server({**env, "VISIONFLOW_INFERENCE_LOG": "off"}))]  # fmt: skip
     if args.baseline_root:
-        runs.append((f"before: serving code of {args.baseline_root}", lambda: CodeServer(env, Path(args.baseline_root))))
+        runs.append((f"before: serving code of {args.baseline_root}", lambda: code_server(env, Path(args.baseline_root))))
     print("| serving | c=32 req/s (p50 / p99 ms) | open loop 50 req/s: p99 ms | 200 clients: req/s served, max PSS MB |\n|---|---|---|---|", flush=True)
     for _ in range(args.rounds):
         for name, make in runs:

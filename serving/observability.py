@@ -70,7 +70,7 @@ class RequestContext:
     else a new one. Counts, times and (with `access_log`) logs each request as one JSON line."""
 
     def __init__(self, app, api_key: str | None, open_paths: frozenset[str], access_log: bool):
-        self.app, self.open_paths, self.access_log = app, open_paths, access_log
+        self.app, self.open_paths = app, open_paths
         self.key = f"Bearer {api_key}".encode() if api_key else None
         self.log = access_logger() if access_log else None
 
@@ -95,21 +95,19 @@ class RequestContext:
                 message = {**message, "headers": hdrs}
             await send(message)
 
-        if self.key is not None and path not in self.open_paths and not hmac.compare_digest(headers.get(b"authorization", b""), self.key):
-            body = json.dumps({"error": "missing or wrong API key: send 'Authorization: Bearer <VISIONFLOW_API_KEY>'"}).encode()
-            await observe({"type": "http.response.start", "status": 401, "headers": [
-                (b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="visionflow"'), (b"content-length", str(len(body)).encode())]})  # fmt: skip
-            await send({"type": "http.response.body", "body": body})
-        else:
-            try:
+        try:
+            if self.key is not None and path not in self.open_paths and not hmac.compare_digest(headers.get(b"authorization", b""), self.key):
+                body = json.dumps({"error": "missing or wrong API key: send 'Authorization: Bearer <VISIONFLOW_API_KEY>'"}).encode()
+                await observe({"type": "http.response.start", "status": 401, "headers": [
+                    (b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="visionflow"'), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+                await send({"type": "http.response.body", "body": body})
+            else:
                 await self.app(scope, receive, observe)
-            except Exception:
-                seen.setdefault("status", 500)
-                raise
-            finally:
-                self._account(scope, path, seen, time.perf_counter() - start)
-            return
-        self._account(scope, path, seen, time.perf_counter() - start)
+        except Exception:
+            seen.setdefault("status", 500)
+            raise
+        finally:
+            self._account(scope, path, seen, time.perf_counter() - start)
 
     def _account(self, scope, path: str, seen: dict, seconds: float) -> None:
         status = int(seen.get("status", 499))  # 499: the client went away before an answer

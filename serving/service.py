@@ -197,16 +197,16 @@ class Visionflow:
             t0 = time.perf_counter()
             model = self.classifier.current
             if model is None:
-                return JSONResponse({"error": f"no model loaded yet: {self.classifier.error}"}, status_code=503)
+                return _json_error(f"no model loaded yet: {self.classifier.error}", 503)
             if not images:
-                return JSONResponse({"error": "no images: send one or more multipart fields named 'images'"}, status_code=400)
+                return _json_error("no images: send one or more multipart fields named 'images'", 400)
             decoded, raw = [], []
             for i, up in enumerate(images):
                 try:
                     raw.append(up.file.read(self.settings.max_bytes + 1))
                     decoded.append(decode_image(raw[-1], self.settings.max_pixels, self.settings.max_bytes))
                 except InputError as exc:
-                    return JSONResponse({"error": f"images[{i}] ({up.filename}): {exc}"}, status_code=exc.status)
+                    return _json_error(f"images[{i}] ({up.filename}): {exc}", exc.status)
             answers = self._answer(model, decoded, raw, "/classify_batch", t0)
             return JSONResponse(answers, headers={"X-Model-Version": f"{model.name}/{model.version}"})
 

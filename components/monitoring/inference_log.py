@@ -101,12 +101,16 @@ class InferenceLog:
         with self._lock:
             model = (rows[0]["model_name"], rows[0]["model_version"])
             self._con.execute("BEGIN")
-            if classes is not None and model not in self._known_models:
-                self._con.execute("INSERT OR IGNORE INTO models VALUES (?, ?, ?)", (*model, json.dumps(classes)))
-                self._known_models.add(model)
-            self._con.executemany(f"INSERT OR REPLACE INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                                  [tuple(r.get(c) for c in COLUMNS) for r in rows])  # fmt: skip
-            self._con.execute("COMMIT")
+            try:
+                if classes is not None and model not in self._known_models:
+                    self._con.execute("INSERT OR IGNORE INTO models VALUES (?, ?, ?)", (*model, json.dumps(classes)))
+                self._con.executemany(f"INSERT OR REPLACE INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                                      [tuple(r.get(c) for c in COLUMNS) for r in rows])  # fmt: skip
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")  # a failed write (a full disk) must not leave the transaction open for the next
+                raise
+            self._known_models.add(model)
             self._writes += len(rows)
             if self._writes >= 1000:  # bound the table and the kept images now and then, not per request
                 self._writes = 0
