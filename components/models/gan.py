@@ -4,7 +4,9 @@ The recipe that reached GAN-train >= 95 % in calibration (../shared/CALIBRATION.
 - generator: noise × label embedding → Linear → two stride-2 transposed convs (BN, ReLU) → tanh;
 - discriminator: BN conv net over the image, an adversarial head conditioned on the class
   (projection, or a label map as an extra channel) and an auxiliary-classifier head (AC-GAN term);
-- a generator EMA (the one sampled from). Losses live in components/training/gan.py.
+- a generator EMA (the one sampled from). Losses live in components/training/gan.py; the auxiliary
+  term weighs 0.3: a lighter AC term keeps the samples more varied (bundled digits, seed 0: GAN-train
+  94.7 % at 0.3 vs 93.1 % at 1.0 for 40 epochs; 95.9 % at 0.3 for 80).
 Images are in [-1, 1] inside the GAN; `sample()` returns [0, 1].
 """
 
