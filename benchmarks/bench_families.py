@@ -1,7 +1,8 @@
 """Issues 3 and 12's numbers: test accuracy of every family (mean/min/max over seeds), its robustness
 (Gaussian noise σ 0.3, FGSM ε 0.05 and 0.1, on the test split), the decision fusion's α (and how
 often it is 1.0 or 0.0: not fusing), the champion (best on validation) and its figures,
-GAN-test/GAN-train, wall time of training all families together, peak resident memory.
+GAN-test/GAN-train, wall time of training all families together, peak resident memory, and which
+test images the classifiers miss (how many of them miss each: the data's ceiling).
 
 Run (after `make run` has ingested data/):
     .venv/bin/python benchmarks/bench_families.py --profile default --seeds 0 1 2
@@ -18,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,6 +35,18 @@ def _robustness(path: str, test) -> dict[str, float]:
 
     model, spec = load_trained(path)
     return robustness(model, test.x.float() / 255, test.y, spec, noise=(0.3,), eps=(0.05, 0.1))
+
+
+def _missed(path: str, test) -> list[int]:
+    """Indices of the test images the model gets wrong (where the last tenths of a percent go)."""
+    import torch
+
+    from components.training.classifier import Batcher, predict_proba
+    from components.training.runner import load_trained
+
+    model, spec = load_trained(path)
+    probs = predict_proba(model, test, Batcher(spec, torch.device("cpu"), channels_last=False))
+    return torch.nonzero(probs.argmax(1) != test.y).flatten().tolist()
 
 
 def run_seed(cfg, data_dir: Path, out: Path, loaded) -> dict:
@@ -67,6 +81,7 @@ def run_seed(cfg, data_dir: Path, out: Path, loaded) -> dict:
     for key, t in trained.items():  # robustness on the test split, measured (chosen on nothing)
         for metric, value in _robustness(t["path"], splits["test"]).items():
             row[f"{key}_{metric}"] = value
+        row[f"{key}_missed"] = _missed(t["path"], splits["test"])
     row["champion"] = max(trained, key=lambda k: trained[k]["val_acc"])  # as the pipeline chooses: validation only
     if cfg.models.gan.enabled and "cnn" in trained:
         gan, _ = load_trained(g["path"])
@@ -119,6 +134,11 @@ def main() -> None:
     if "alpha" in rows[0]:
         alphas = [r["alpha"] for r in rows]
         print(f"\ndecision fusion α per seed: {alphas}; not fusing (α = 0 or 1) in {sum(a in (0.0, 1.0) for a in alphas)} of {len(alphas)}")
+    missed = [r[f"{m}_missed"] for r in rows for m in families if m != "decision_fusion"]
+    counts = Counter(i for wrong in missed for i in wrong)
+    print(f"\ntest images missed, out of {len(missed)} trained classifiers (families × seeds): "
+          + ", ".join(f"#{i} by {c}" for i, c in counts.most_common(16) if c > len(missed) // 3))  # fmt: skip
+    print(f"errors per classifier: {sorted(len(w) for w in missed)}; by ≥ 2/3 of them: {sum(c >= 2 * len(missed) / 3 for c in counts.values())} images")
     print("\n| metric | mean | min | max |\n|---|---|---|---|")
     for m in [m for m in ("gan_test", "gan_train") if m in rows[0]]:
         vals = [r[m] * 100 for r in rows]

@@ -148,8 +148,20 @@ def resolve_recipe(cfg: TrainConfig, channels: int) -> TrainConfig:
     return cfg.model_copy(update=update) if update else cfg
 
 
+GAN_AUTO_EPOCHS = {"photo": 40, "digits": 120}
+
+
+def resolve_gan_recipe(cfg: "GanTrainConfig", channels: int) -> "GanTrainConfig":
+    """`auto` GAN epochs for the data's style (as `resolve_recipe` for the classifiers)."""
+    if cfg.epochs != "auto":
+        return cfg
+    return cfg.model_copy(update={"epochs": GAN_AUTO_EPOCHS["photo" if channels == 3 else "digits"]})
+
+
 class GanTrainConfig(_Strict):
-    epochs: int = Field(80, ge=1)
+    epochs: int | Literal["auto"] = Field(
+        "auto", description="auto: 120 for gray (digit-style) data (GAN-train 95.2 % vs 94.5 % at 80), 40 for RGB photos (an epoch of photos costs more)"
+    )
     batch_size: int = Field(64, ge=1)
     lr: float = Field(4e-4, gt=0)
     beta1: float = 0.5
@@ -159,7 +171,7 @@ class GanTrainConfig(_Strict):
         0.3,
         ge=0,
         description="weight of the auxiliary-classifier (AC-GAN) term: lower keeps the samples more diverse "
-        "(bundled digits, 80 epochs: GAN-train 95.9 % at 0.3 vs 93.1 % at 1.0, 40 epochs)",
+        "(bundled digits, seed 0, 40 epochs: GAN-train 94.7 % at 0.3 vs 93.1 % at 1.0)",
     )
     ema_decay: float = Field(0.999, ge=0, lt=1)
     precision: Literal["auto", "bf16", "fp32"] = "fp32"  # bf16 cost GAN-test 4.5 pp in calibration

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from components.config import EngineConfig, GanTrainConfig
+from components.config import EngineConfig, GanTrainConfig, resolve_gan_recipe
 from components.data.datasets import ImageTensors
 from components.models.gan import ConditionalDCGAN
 from components.process import check_stop
@@ -84,6 +84,7 @@ def fit_gan(
     on_epoch_end: EpochCallback | None = None,
     label: str = "gan",
 ) -> GanFitResult:
+    cfg = resolve_gan_recipe(cfg, gan.in_channels)  # `auto` epochs for the data's style
     workdir.mkdir(parents=True, exist_ok=True)
     set_threads(engine.threads)
     device = select_device(engine.device)
