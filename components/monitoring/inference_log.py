@@ -100,9 +100,10 @@ class InferenceLog:
                     row["image_path"], row["image_bytes"] = self._keep(row["request_id"], *image), len(image[0])
         with self._lock:
             model = (rows[0]["model_name"], rows[0]["model_version"])
+            new_model = classes is not None and model not in self._known_models
             self._con.execute("BEGIN")
             try:
-                if classes is not None and model not in self._known_models:
+                if new_model:
                     self._con.execute("INSERT OR IGNORE INTO models VALUES (?, ?, ?)", (*model, json.dumps(classes)))
                 self._con.executemany(f"INSERT OR REPLACE INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                                       [tuple(r.get(c) for c in COLUMNS) for r in rows])  # fmt: skip
@@ -110,7 +111,8 @@ class InferenceLog:
             except BaseException:
                 self._con.execute("ROLLBACK")  # a failed write (a full disk) must not leave the transaction open for the next
                 raise
-            self._known_models.add(model)
+            if new_model:  # known only once its classes are stored (a write without them must not hide them later)
+                self._known_models.add(model)
             self._writes += len(rows)
             if self._writes >= 1000:  # bound the table and the kept images now and then, not per request
                 self._writes = 0
