@@ -60,13 +60,13 @@ def test_inference_log_feedback_and_its_bounds(tmp_path):
     assert kept and kept[-1]["request_id"] == "r2001"  # the newest images stay
 
 
-
 def test_inference_log_stores_a_models_classes_after_a_write_without_them(tmp_path):
     log = InferenceLog(tmp_path / "inference.db")
     log.record([_row(0)])  # no classes known for this write
     assert log.classes("m", "1") is None
     log.record([_row(1)], classes=CLASSES)
     assert log.classes("m", "1") == CLASSES
+
 
 def _reference(rng, n=600, invert=False) -> tuple[dict, list[dict], torch.Tensor]:
     """data_stats of 'training' images, and inference-log rows of fresh images from the same (or inverted) source."""
