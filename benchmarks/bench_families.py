@@ -49,6 +49,38 @@ def _missed(path: str, test) -> list[int]:
     return torch.nonzero(probs.argmax(1) != test.y).flatten().tolist()
 
 
+def resplit(loaded, split_cfg, seed: int):
+    """The ingested images split again with another seed by the project's own stratified splitter
+    (`assign_splits`, keyed by file name), the normalisation recomputed from the new train split:
+    several test splits separate a recipe's effect from one split's few hard images."""
+    import dataclasses
+
+    import torch
+
+    from components.data.datasets import ImageTensors
+    from components.data.ingest import assign_splits
+
+    spec, splits = loaded
+    parts = [splits[s] for s in ("train", "val", "test")]
+    if any(p.streaming for p in parts):
+        raise SystemExit("--split-seeds needs a dataset that fits in memory")
+    x, y = torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts])
+    paths = [q for p in parts for q in p.paths]
+    keys_by_class: dict[str, list[str]] = {}
+    for label, path in zip(y.tolist(), paths):
+        keys_by_class.setdefault(spec.classes[label], []).append(Path(path).name)
+    where = assign_splits(keys_by_class, split_cfg.model_copy(update={"seed": seed}))
+    names = [where[(spec.classes[label], Path(path).name)] for label, path in zip(y.tolist(), paths)]
+    out = {}
+    for s in ("train", "val", "test"):
+        idx = torch.tensor([i for i, n in enumerate(names) if n == s])
+        out[s] = ImageTensors(x[idx], y[idx], [paths[i] for i in idx])
+    train = out["train"].x.float().div(255)
+    mean = [round(m, 6) for m in train.mean(dim=(0, 2, 3)).tolist()]
+    std = [round(v, 6) for v in train.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()]
+    return dataclasses.replace(spec, mean=mean, std=std), out
+
+
 def run_seed(cfg, data_dir: Path, out: Path, loaded) -> dict:
     from components.config import TrainConfig
     from components.evaluation.gan_metrics import gan_test, gan_train
@@ -95,10 +127,19 @@ def run_seed(cfg, data_dir: Path, out: Path, loaded) -> dict:
     return row
 
 
+def _print_missed(split_seed: int, missed: list[list[int]]) -> None:
+    counts = Counter(i for wrong in missed for i in wrong)
+    print(f"\nsplit {split_seed}: test images missed, out of {len(missed)} trained classifiers (families × seeds): "
+          + ", ".join(f"#{i} by {c}" for i, c in counts.most_common(16) if c > len(missed) // 3))  # fmt: skip
+    print(f"errors per classifier: {sorted(len(w) for w in missed)}; by ≥ 2/3 of them: {sum(c >= 2 * len(missed) / 3 for c in counts.values())} images")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", default="default")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--split-seeds", type=int, nargs="+", default=None,
+                    help="also split the images again with these seeds (the ingested split is data.split.seed); every seed runs on every split")  # fmt: skip
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -110,17 +151,22 @@ def main() -> None:
     data_dir = ws.data_dir()
     loaded = load_dataset(data_dir)
     rows = []
-    for seed in args.seeds:
-        keys = ["cnn", "rnn", "cnn_lstm", "feature_fusion", "gan"]
-        cfg = load_config("params.yaml", args.profile, [*args.overrides, *[f"models.{k}.train.seed={seed}" for k in keys], "engine.progress=false"])
-        with tempfile.TemporaryDirectory() as tmp:
-            row = run_seed(cfg, data_dir, Path(tmp), loaded)
-        row["seed"] = seed
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    ingested = load_config("params.yaml", args.profile, args.overrides).data.split
+    for split_seed in args.split_seeds or [ingested.seed]:
+        data = loaded if split_seed == ingested.seed else resplit(loaded, ingested, split_seed)
+        for seed in args.seeds:
+            keys = ["cnn", "rnn", "cnn_lstm", "feature_fusion", "gan"]
+            cfg = load_config("params.yaml", args.profile, [*args.overrides, *[f"models.{k}.train.seed={seed}" for k in keys], "engine.progress=false"])
+            with tempfile.TemporaryDirectory() as tmp:
+                row = run_seed(cfg, data_dir, Path(tmp), data)
+            row["seed"], row["split_seed"] = seed, split_seed
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     families = [m for m in ("cnn", "rnn", "cnn_lstm", "feature_fusion", "decision_fusion") if m in rows[0]]
-    print(f"\nprofile {args.profile}, seeds {args.seeds}, test split of {len(loaded[1]['test'])} images; mean (min–max) over seeds")
+    splits_seen = sorted({r["split_seed"] for r in rows})
+    print(f"\nprofile {args.profile}, seeds {args.seeds}, split seeds {splits_seen}, test split of {len(loaded[1]['test'])} images; "
+          "mean (min–max) over seeds and splits")  # fmt: skip
 
     def cell(vals: list[float]) -> str:
         return f"{statistics.mean(vals):.2f} ({min(vals):.2f}–{max(vals):.2f})"
@@ -131,14 +177,17 @@ def main() -> None:
         print(f"| {m} | " + " | ".join(cell(c) for c in cols) + " |")
     champ = [[r[r["champion"]] * 100 for r in rows]] + [[r[f"{r['champion']}_{k}"] * 100 for r in rows] for k in ROBUST]
     print(f"| champion (best on validation: {', '.join(r['champion'] for r in rows)}) | " + " | ".join(cell(c) for c in champ) + " |")
+    if len(splits_seen) > 1:  # the same recipe on different test splits: how much one split's hard images move it
+        print("\n| model | " + " | ".join(f"split {k}" for k in splits_seen) + " |\n|---|" + "---|" * len(splits_seen))
+        for m in families:
+            print(f"| {m} | " + " | ".join(cell([r[m] * 100 for r in rows if r["split_seed"] == k]) for k in splits_seen) + " |")
     if "alpha" in rows[0]:
         alphas = [r["alpha"] for r in rows]
         print(f"\ndecision fusion α per seed: {alphas}; not fusing (α = 0 or 1) in {sum(a in (0.0, 1.0) for a in alphas)} of {len(alphas)}")
-    missed = [r[f"{m}_missed"] for r in rows for m in families if m != "decision_fusion"]
-    counts = Counter(i for wrong in missed for i in wrong)
-    print(f"\ntest images missed, out of {len(missed)} trained classifiers (families × seeds): "
-          + ", ".join(f"#{i} by {c}" for i, c in counts.most_common(16) if c > len(missed) // 3))  # fmt: skip
-    print(f"errors per classifier: {sorted(len(w) for w in missed)}; by ≥ 2/3 of them: {sum(c >= 2 * len(missed) / 3 for c in counts.values())} images")
+    for k in splits_seen:  # image indices mean something within one split only
+        missed = [r[f"{m}_missed"] for r in rows if r["split_seed"] == k for m in families if m != "decision_fusion"]
+        _print_missed(k, missed)
+
     print("\n| metric | mean | min | max |\n|---|---|---|---|")
     for m in [m for m in ("gan_test", "gan_train") if m in rows[0]]:
         vals = [r[m] * 100 for r in rows]

@@ -109,6 +109,8 @@ class TrainConfig(_Strict):
     rotate_deg: float = Field(10.0, ge=0)
     scale: float = Field(0.1, ge=0, lt=1)
     shift_px: float = Field(2.0, ge=0)
+    elastic_alpha: float = Field(0.0, ge=0, description="affine: elastic distortion strength in px (Simard et al. 2003; 0 = off)")
+    elastic_sigma: float = Field(4.0, gt=0, description="affine: smoothness of the elastic displacement field, px")
     crop_scale: float = Field(0.6, gt=0, le=1, description="photo: smallest area fraction of a random resized crop")
     flip: bool = Field(True, description="photo: random horizontal flips")
     color_jitter: float = Field(0.2, ge=0, lt=1, description="photo: brightness/contrast/saturation within ±this")

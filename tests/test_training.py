@@ -98,6 +98,25 @@ def test_augment_moves_pixels_but_keeps_shape():
         assert out.shape == x.shape and not torch.allclose(out, x)
 
 
+def test_elastic_distortion_is_local_smooth_and_scales_with_alpha():
+    from components.training.classifier import elastic_field
+
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    weak, strong = elastic_field(64, 28, 28, 8, 4, gen()), elastic_field(64, 28, 28, 32, 4, gen())
+    assert weak.shape == (64, 28, 28, 2) and torch.allclose(strong, 4 * weak, atol=1e-6)  # alpha scales one field
+    px = strong * 14  # grid units → pixels on a 28-px side
+    assert 0.5 < px.std() < 3 and px.mean().abs() < 0.2  # a pixel or two either way, no drift
+    rough = elastic_field(64, 28, 28, 32, 0.5, gen()) * 14
+    step = lambda f: (f[:, 1:] - f[:, :-1]).abs().mean() / f.std()  # noqa: E731 — neighbour difference, relative
+    assert step(px) < 0.5 * step(rough)  # sigma smooths: neighbours move together (a distortion, not noise)
+    x = torch.zeros(4, 1, 16, 16)
+    x[:, :, 4:12, 7:9] = 1
+    plain = TrainConfig(augment="affine", rotate_deg=0, scale=0, shift_px=0)
+    assert torch.allclose(augment(x, plain, gen()), x, atol=1e-6)  # no affine, no elastic: identity
+    bent = augment(x, plain.model_copy(update={"elastic_alpha": 3.0}), gen())
+    assert not torch.allclose(bent, x) and torch.allclose(bent.sum(), x.sum(), rtol=0.2)  # the stroke moves, its ink stays
+
+
 def test_precision_and_device_selection():
     cpu = torch.device("cpu")
     assert select_device("cpu") == cpu

@@ -147,7 +147,21 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator | None) -> t
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(x.device)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if cfg.elastic_alpha:
+        grid = grid + elastic_field(n, h, w, cfg.elastic_alpha, cfg.elastic_sigma, gen).to(x.device)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def elastic_field(n: int, h: int, w: int, alpha: float, sigma: float, gen: torch.Generator | None) -> torch.Tensor:
+    """Elastic distortion (Simard et al. 2003): a uniform random displacement field smoothed by a
+    Gaussian of `sigma` px and scaled by `alpha` px, as an offset to a sampling grid (n, h, w, 2)."""
+    field = torch.rand(n, 2, h, w, generator=gen).mul_(2).sub_(1)
+    radius = max(1, int(2 * sigma))
+    k = torch.exp(-((torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2) / 2)
+    k = (k / k.sum()).view(1, 1, 1, -1).repeat(2, 1, 1, 1)  # separable: rows, then columns
+    field = F.conv2d(F.conv2d(field, k, padding=(0, radius), groups=2), k.transpose(2, 3), padding=(radius, 0), groups=2)
+    scale = torch.tensor([2 * alpha / w, 2 * alpha / h]).view(1, 2, 1, 1)  # px → grid units (x, y)
+    return (field * scale).permute(0, 2, 3, 1)
 
 
 @dataclass
