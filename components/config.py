@@ -204,7 +204,10 @@ class DecisionFusionFamily(_Strict):
     members: tuple[str, str] = ("cnn", "cnn_lstm")  # keys of `models`
     alpha_steps: int = Field(21, ge=2, description="α grid on [0, 1], chosen on the validation split")
     calibrate: bool = Field(True, description="temperature-scale each member on validation before fusing (calibrated probabilities)")
-    criterion: Literal["nll", "accuracy"] = Field("nll", description="how α is chosen on validation: lowest log loss, or best accuracy")
+    criterion: Literal["nll", "accuracy"] = Field(
+        "accuracy",
+        description="how α is chosen on validation: best accuracy (ties: lower log loss; never below either member on validation), or lowest log loss",
+    )
 
 
 class ModelsConfig(_Strict):
