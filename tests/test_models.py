@@ -148,3 +148,14 @@ def test_fusion_calibrates_members_and_chooses_alpha_by_log_loss():
     other = torch.softmax((torch.nn.functional.one_hot(y, 3).float() * 2 + torch.randn(300, 3, generator=gen)), 1)
     alpha, acc = choose_alpha(calibrate(overconfident, t), other, y, criterion="nll")
     assert 0.1 < alpha < 0.9 and acc > 0.8
+
+
+def test_fusion_by_validation_accuracy_is_never_below_either_member_there():
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):  # members of unequal strength; the better one varies
+        y = torch.randint(0, 10, (200,), generator=gen)
+        strong, weak = (torch.softmax(torch.nn.functional.one_hot(y, 10).float() * s + torch.randn(200, 10, generator=gen), 1) for s in (2.5, 1.5))
+        p1, p2 = (strong, weak) if torch.rand(1, generator=gen) < 0.5 else (weak, strong)
+        alpha, acc = choose_alpha(p1, p2, y, criterion="accuracy")
+        members = max((p.argmax(1) == y).float().mean().item() for p in (p1, p2))
+        assert acc >= members and acc == ((alpha * p1 + (1 - alpha) * p2).argmax(1) == y).float().mean().item()
