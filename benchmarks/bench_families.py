@@ -57,7 +57,7 @@ def resplit(loaded, split_cfg, seed: int):
 
     import torch
 
-    from components.data.datasets import ImageTensors
+    from components.data.datasets import ImageTensors, normalisation
     from components.data.ingest import assign_splits
 
     spec, splits = loaded
@@ -66,18 +66,16 @@ def resplit(loaded, split_cfg, seed: int):
         raise SystemExit("--split-seeds needs a dataset that fits in memory")
     x, y = torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts])
     paths = [q for p in parts for q in p.paths]
+    keys = [(spec.classes[label], Path(path).name) for label, path in zip(y.tolist(), paths)]
     keys_by_class: dict[str, list[str]] = {}
-    for label, path in zip(y.tolist(), paths):
-        keys_by_class.setdefault(spec.classes[label], []).append(Path(path).name)
+    for class_name, name in keys:
+        keys_by_class.setdefault(class_name, []).append(name)
     where = assign_splits(keys_by_class, split_cfg.model_copy(update={"seed": seed}))
-    names = [where[(spec.classes[label], Path(path).name)] for label, path in zip(y.tolist(), paths)]
     out = {}
     for s in ("train", "val", "test"):
-        idx = torch.tensor([i for i, n in enumerate(names) if n == s])
+        idx = torch.tensor([i for i, key in enumerate(keys) if where[key] == s])
         out[s] = ImageTensors(x[idx], y[idx], [paths[i] for i in idx])
-    train = out["train"].x.float().div(255)
-    mean = [round(m, 6) for m in train.mean(dim=(0, 2, 3)).tolist()]
-    std = [round(v, 6) for v in train.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()]
+    mean, std = normalisation(out["train"])
     return dataclasses.replace(spec, mean=mean, std=std), out
 
 

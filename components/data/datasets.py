@@ -228,8 +228,14 @@ def load_dataset(data_dir: Path, data_cfg=None, *, max_side: int | None = None) 
     splits = {s: (disk_split if streaming else load_split)(data_dir, s, channels, image_size, resize) for s in ("train", "val", "test")}
     for split in splits.values():
         split.workers = cfg.loader_workers
-    train = stats_sample(splits["train"]).float().div_(255)
-    mean = train.mean(dim=(0, 2, 3)).tolist()
-    std = train.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    spec = DatasetSpec(list(info["classes"]), int(channels), tuple(image_size), [round(m, 6) for m in mean], [round(s, 6) for s in std], resize)
+    mean, std = normalisation(splits["train"])
+    spec = DatasetSpec(list(info["classes"]), int(channels), tuple(image_size), mean, std, resize)
     return spec, splits
+
+
+def normalisation(train: ImageTensors) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std ([0, 1] scale) of the training images that set the normalisation."""
+    x = stats_sample(train).float().div_(255)
+    mean = x.mean(dim=(0, 2, 3)).tolist()
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    return [round(m, 6) for m in mean], [round(s, 6) for s in std]
