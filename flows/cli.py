@@ -415,24 +415,66 @@ def monitor(
 
 
 @app.command()
-def package(root: RootOpt = Path(".")) -> None:
-    """Import the champion (and generator) into the BentoML store and build a Bento; prints its tag."""
+def package(
+    image: Annotated[bool, typer.Option("--image", help="also build an OCI image of the Bento (no network needed)")] = False,
+    flavour: Annotated[str, typer.Option("--flavour", help="slim: ONNX on onnxruntime, no torch (the image default); full: PyTorch, every endpoint")] = "",
+    tag: Annotated[str | None, typer.Option("--tag", help="local image name:tag [default localhost/visionflow-classifier:v<N>-<flavour>]")] = None,
+    builder: Annotated[str | None, typer.Option("--builder", help="podman | buildah | docker [default: the first on PATH]")] = None,
+    base_image: Annotated[str | None, typer.Option("--base-image", help="a local base image with python3 of the host's minor version")] = None,
+    base_image_from_debian: Annotated[
+        bool, typer.Option("--base-image-from-debian", help="make the base image from Debian's packages (debootstrap; root; cached)")
+    ] = False,
+    push: Annotated[str | None, typer.Option("--push", help="push the image to REGISTRY/REPO[:TAG] (TLS verified except on loopback)")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="package this version of visionflow-classifier [default: the champion]")] = None,
+    root: RootOpt = Path("."),
+) -> None:
+    """Import the champion (and generator) into the BentoML store and build a Bento; with --image, an OCI image of it (--push: into a registry)."""
     cfg, ws = _setup(root, "default", None)
-    from components.packaging.bento import package as build
+    from components.packaging.bento import FLAVOURS, PackagingError
+    from components.packaging.onnx_export import ExportError
     from components.tracking import mlflow_store as store
 
+    flavour = flavour or ("slim" if image else "full")
+    if flavour not in FLAVOURS:
+        _fail(f"--flavour {flavour}: use slim or full", 2)
+    if (push or tag or builder or base_image or base_image_from_debian) and not image:
+        _fail("--push, --tag, --builder and --base-image* build an image: add --image", 2)
     store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
+    if not image:
+        from components.packaging.bento import package as build
+
+        try:
+            res = build(ws, classifier_version=version, flavour=flavour)
+        except (LookupError, PackagingError, ExportError) as exc:
+            _fail(str(exc))
+        typer.secho(f"bento        : {res.bento_tag}", fg=typer.colors.GREEN)
+        for role, mtag in res.model_tags.items():
+            typer.echo(f"{role:<13}: {mtag}")
+        typer.echo(f"bento folder : {res.bento_path}")
+        typer.echo(f"serve it     : BENTOML_HOME={ws.bentoml_home} bentoml serve {res.bento_tag}")
+        typer.echo("image        : visionflow package --image [--push REGISTRY/REPO]")
+        return
+    from components.packaging.image import ImageError, release_image
+
     try:
-        res = build(ws)
-    except LookupError as exc:
+        rel = release_image(ws, flavour=flavour, builder=builder, base_image=base_image, base_from_debian=base_image_from_debian, ref=tag, push=push,
+                            version=version)  # fmt: skip
+    except (LookupError, PackagingError, ExportError, ImageError) as exc:
         _fail(str(exc))
-    typer.secho(f"bento        : {res.bento_tag}", fg=typer.colors.GREEN)
-    for role, tag in res.model_tags.items():
-        typer.echo(f"{role:<13}: {tag}")
-    typer.echo(f"bento folder : {res.bento_path}")
-    if res.dockerfile:
-        typer.echo(f"Dockerfile   : {res.dockerfile}  (containerise: bentoml containerize {res.bento_tag}, needs Docker)")
-    typer.echo(f"serve it     : BENTOML_HOME={ws.bentoml_home} bentoml serve {res.bento_tag}")
+    b = rel.build
+    typer.secho(
+        f"image        : {b.ref}  ({b.flavour}, {b.size_bytes / 1e6:,.0f} MB, built by {b.builder} in {b.seconds:.0f} s with no network)", fg=typer.colors.GREEN
+    )
+    typer.echo(f"image id     : {b.image_id}")
+    typer.echo(f"serves       : {rel.model_name} v{rel.model_version} (bento {rel.bento_tag}); base {b.base_image}")
+    if rel.onnx:
+        typer.echo(f"onnx         : opset {rel.onnx['onnx.opset']}, parity on the test split: {rel.onnx['onnx.parity']}")
+    if rel.pushed:
+        typer.secho(f"pushed       : {rel.pushed}", fg=typer.colors.GREEN)
+        typer.echo(f"deploy it    : visionflow deploy manifests --image {rel.pushed} --out deploy/")
+    else:
+        typer.echo(f"run it       : podman run --rm -p 3000:3000 {b.ref}   (push: add --push REGISTRY/REPO)")
+    typer.echo(f"recorded on  : {rel.model_name} v{rel.model_version} tags image.{b.flavour}.*")
 
 
 @app.command()

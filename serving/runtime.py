@@ -1,8 +1,10 @@
-"""The model side of the service (imports torch; only the worker processes load it): load a
-registered model with its preprocessing and lineage, and swap models atomically when an alias moves.
+"""The model side of the service (only the worker processes load it): load a registered model with
+its preprocessing and lineage, and swap models atomically when an alias moves.
 
 The preprocessing is the spec logged with the model (channels, size, mean/std), applied with the
-same conversion function as training (`components.data.datasets.to_array`), never re-declared here.
+same conversion function as training (`components.data.preprocess.to_array`), never re-declared here.
+torch is imported only where a PyTorch model is loaded or run: the slim image serves an ONNX export
+(`serving.onnx_model`) and has no torch at all.
 """
 
 from __future__ import annotations
@@ -13,17 +15,16 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from PIL import Image
 
-from components.data.datasets import DatasetSpec, normalize, to_unit
+from components.data.preprocess import DatasetSpec
 
 log = logging.getLogger("visionflow.serving")
 
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module
+    model: Any  # torch.nn.Module
     spec: DatasetSpec
     name: str
     version: str
@@ -39,16 +40,21 @@ class LoadedModel:
             "git_commit": self.tags.get("git_commit"),
         }
 
-    @torch.no_grad()
+    runtime = "torch"
+
     def classify(self, images: list[Image.Image]) -> list[dict[str, Any]]:
         return self.predict(images)[0]
 
-    @torch.no_grad()
     def predict(self, images: list[Image.Image]) -> tuple[list[dict[str, Any]], list[tuple[float, float]]]:
         """Answers, and each image's (brightness, contrast): mean and std of the model's input pixels
         in 0..1 (after the training conversion, before normalisation: the scale of data_stats)."""
+        import torch
+
+        from components.data.datasets import normalize, to_unit
+
         x01 = to_unit(images, self.spec)
-        probs = torch.softmax(self.model(normalize(x01, self.spec)).float(), 1)
+        with torch.no_grad():
+            probs = torch.softmax(self.model(normalize(x01, self.spec)).float(), 1)
         flat = x01.flatten(1)
         stats = list(zip(flat.mean(1).tolist(), flat.std(1, correction=0).tolist()))  # population std: pooled exactly by the monitor
         out = []
@@ -66,6 +72,7 @@ class LoadedModel:
         for convolutional models, gradient saliency otherwise — as the report's figure), and the method."""
         import numpy as np
 
+        from components.data.datasets import to_unit
         from components.evaluation.explain import explain
 
         x01 = to_unit([image], self.spec)
@@ -93,13 +100,13 @@ def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 def resolve_version(uri: str) -> tuple[str, str]:
     """(registered name, version) that `uri` points at now (`bento:NAME:VERSION` never moves)."""
-    from mlflow import MlflowClient
-
     if uri.startswith("bento:"):
         import bentoml
 
         tag = bentoml.models.get(uri.removeprefix("bento:")).tag
         return tag.name, str(tag.version)
+    from mlflow import MlflowClient
+
     name, alias, version = _parse_models_uri(uri)
     c = MlflowClient()
     if alias:
@@ -107,20 +114,30 @@ def resolve_version(uri: str) -> tuple[str, str]:
     return name, str(version)
 
 
-def load_bento_model(uri: str) -> LoadedModel:
-    """A model imported into the BentoML store by `visionflow package` (inside a Bento)."""
+def load_bento_model(uri: str):
+    """A model imported into the BentoML store by `visionflow package` (inside a Bento): the logged
+    PyTorch model, or its ONNX export (served by onnxruntime, no torch import)."""
+    import os
+    from pathlib import Path
+
     import bentoml
 
+    bm = bentoml.models.get(uri.removeprefix("bento:"))
+    labels = dict(bm.info.labels)
+    if (Path(bm.path) / "model.onnx").is_file():
+        from serving.onnx_model import load_onnx_dir
+
+        return load_onnx_dir(Path(bm.path), labels, threads=max(1, int(os.environ.get("VISIONFLOW_TORCH_THREADS", "1") or 1)))
     from components.tracking.mlflow_store import load_logged_model
 
-    bm = bentoml.models.get(uri.removeprefix("bento:"))
     model, spec = load_logged_model(bm.path_of("mlflow_model"))
-    labels = dict(bm.info.labels)
     return _warm(LoadedModel(model, spec, labels.get("registered_model", bm.tag.name), labels.get("registered_version", str(bm.tag.version)),
                              labels.get("run_id", ""), labels, {}))  # fmt: skip
 
 
 def _warm(loaded: LoadedModel) -> LoadedModel:
+    import torch
+
     with torch.no_grad():  # the first request should not pay for lazy init
         if loaded.tags.get("task") == "generation":
             loaded.model(torch.tensor([0, 0]))
@@ -131,12 +148,12 @@ def _warm(loaded: LoadedModel) -> LoadedModel:
 
 def load_registered(uri: str) -> LoadedModel:
     """Load a registered version with its logged preprocessing spec and lineage tags, warmed up."""
+    if uri.startswith("bento:"):
+        return load_bento_model(uri)
     from mlflow import MlflowClient
 
     from components.tracking.mlflow_store import load_logged_model
 
-    if uri.startswith("bento:"):
-        return load_bento_model(uri)
     name, version = resolve_version(uri)
     mv = MlflowClient().get_model_version(name, version)
     model, spec = load_logged_model(f"models:/{name}/{version}")
@@ -159,16 +176,19 @@ class ModelSlot:
         self.uri, self.loader = uri, loader
         self.current: LoadedModel | None = None
         self.error: str | None = None
+        self._loaded_key: tuple[str, str] | None = None  # what resolve_version said when `current` was loaded
         self._lock = threading.Lock()
 
     def refresh(self) -> bool:
-        """Load the alias's version if it changed; True when a swap happened."""
+        """Load the alias's version if it changed; True when a swap happened. Compared by what the URI
+        resolves to (a `bento:` model's store tag differs from the registered name/version it labels)."""
         with self._lock:
             try:
-                name, version = resolve_version(self.uri)
-                if self.current is not None and (self.current.name, self.current.version) == (name, version):
+                key = resolve_version(self.uri)
+                if self.current is not None and self._loaded_key == key:
                     return False
                 new = self.loader(self.uri)
+                self._loaded_key = key
             except Exception as exc:  # keep serving the old model; report on /healthz
                 self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 log.warning("could not load %s: %s", self.uri, self.error)
@@ -190,7 +210,8 @@ def start_poller(slots: list[ModelSlot], seconds: float) -> threading.Event:
     return stop
 
 
-def png_grid(images01: torch.Tensor, nrow: int) -> bytes:
+def png_grid(images01, nrow: int) -> bytes:
+    import torch
     from torchvision.utils import make_grid
 
     grid = make_grid(images01, nrow=nrow, padding=2, pad_value=1.0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import json
 import logging
 import os
@@ -47,11 +48,13 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", default_uri(_ws))  # the workspace'
 # torch and the models load in the worker processes only (serving.runtime, imported in __init__):
 # BentoML's supervisor imports this module for its config, and torch would cost it ~0.5 GB
 from serving.observability import RequestContext, metrics  # noqa: E402
-from serving.settings import BatchAnswers, InputError, LoadShedder, MultipartGuard, Settings, cap_batch_wait, decode_image  # noqa: E402
+from serving.settings import BatchAnswers, InputError, LoadShedder, MultipartGuard, NotServedHere, Settings, cap_batch_wait, decode_image  # noqa: E402
 
 log = logging.getLogger("visionflow.serving")
 
 SETTINGS = Settings.from_env()  # the process shape (workers, batching) is fixed when the service is defined
+HAS_TORCH = importlib.util.find_spec("torch") is not None  # the slim image serves an ONNX export without torch
+FULL_IMAGE_HINT = "this server runs the ONNX export without torch (the slim image); serve the full image for it: visionflow package --image --flavour full"
 if SETTINGS.batching:
     cap_batch_wait(SETTINGS.batch_wait_ms)
 probes = FastAPI(title="visionflow probes")
@@ -74,6 +77,18 @@ def _log_path(settings: Settings) -> Path | None:
     return _ws.inference_log  # VISIONFLOW_INFERENCE_LOG or the workspace's, as `visionflow monitor` reads it
 
 
+def inference_log_state(path: Path | None) -> dict[str, Any]:
+    """Where predictions and feedback are kept, and whether they outlive this container. In an image,
+    VISIONFLOW_LOG_VOLUME names the folder a volume must be mounted on; without one the log would be
+    lost with the container, which the service says at start and on /metadata, never silently."""
+    if path is None:
+        return {"path": None, "persistent": False, "why": "the inference log is off (VISIONFLOW_INFERENCE_LOG=off)"}
+    volume = os.environ.get("VISIONFLOW_LOG_VOLUME")
+    if volume and not os.path.ismount(volume):
+        return {"path": str(path), "persistent": False, "why": f"no volume is mounted at {volume}: the log is lost with the container; mount one there"}
+    return {"path": str(path), "persistent": True, "why": f"on the volume at {volume}" if volume else "on the host's filesystem"}
+
+
 def _json_error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -82,11 +97,11 @@ def _json_error(message: str, status: int) -> JSONResponse:
 @bentoml.service(name="visionflow", workers=SETTINGS.workers, traffic={"timeout": 30}, logging={"access": {"enabled": False}})  # RequestContext logs
 class Visionflow:
     def __init__(self) -> None:
-        import torch
-
         from serving.runtime import ModelSlot, start_poller
 
-        if SETTINGS.torch_threads > 0:  # small models: fewer intra-op threads leave cores to HTTP handling
+        if HAS_TORCH and SETTINGS.torch_threads > 0:  # small models: fewer intra-op threads leave cores to HTTP handling
+            import torch
+
             torch.set_num_threads(SETTINGS.torch_threads)
         self.settings = SETTINGS
         self.classifier = ModelSlot(self.settings.model_uri)
@@ -99,6 +114,9 @@ class Visionflow:
         self.inference_log = None if path is None else InferenceLog(path, sample=self.settings.log_sample, keep_images=self.settings.keep_images,
                                                                    keep_images_mb=self.settings.keep_images_mb, max_rows=self.settings.log_max_rows)  # fmt: skip
         self._log_failed = False
+        self.log_state = inference_log_state(path)
+        if path is not None and not self.log_state["persistent"]:
+            log.warning(json.dumps({"event": "inference_log_not_persistent", "path": str(path), "why": self.log_state["why"]}))
         self._stop = start_poller([s for s in (self.classifier, self.generator) if s], self.settings.poll_seconds)
         import gc
 
@@ -255,6 +273,8 @@ class Visionflow:
             img = decode_image(image.file.read(self.settings.max_bytes + 1), self.settings.max_pixels, self.settings.max_bytes)
         except InputError as exc:
             return _json_error(str(exc), exc.status)
+        if getattr(model, "runtime", "torch") != "torch":
+            return _json_error(f"/explain needs gradients: {FULL_IMAGE_HINT}", 501)
         answer = model.classify([img])[0]
         overlay, method = model.explain(img)
         answer["explanation"] = {"method": method, "png": "data:image/png;base64," + base64.b64encode(overlay).decode()}
@@ -299,7 +319,8 @@ class Visionflow:
         out = {**current.lineage(), "classes": current.spec.classes, "preprocessing": {
             "channels": current.spec.in_channels, "image_size": list(current.spec.image_size),
             "mean": current.spec.mean, "std": current.spec.std}, "metrics": current.metrics,
-            "tags": current.tags, "source": self.settings.model_uri}  # fmt: skip
+            "tags": current.tags, "source": self.settings.model_uri, "runtime": getattr(current, "runtime", "torch"),
+            "inference_log": self.log_state}  # fmt: skip
         gen = self.generator.current if self.generator else None
         if gen is not None:
             out["generator"] = gen.lineage()
@@ -310,6 +331,8 @@ class Visionflow:
 # sheds before any parsing; BatchAnswers sees the batched API's answers
 Visionflow.add_asgi_middleware(RequestContext, api_key=SETTINGS.api_key, open_paths=SETTINGS.open_paths, access_log=SETTINGS.access_log)
 Visionflow.add_asgi_middleware(LoadShedder, limit=SETTINGS.max_in_flight)
+if not HAS_TORCH:  # the slim image: the GAN and gradients need torch
+    Visionflow.add_asgi_middleware(NotServedHere, paths={"/generate": f"/generate needs the GAN in PyTorch: {FULL_IMAGE_HINT}"})
 Visionflow.add_asgi_middleware(MultipartGuard, fields={"/classify": ("image", False), "/classify_batch": ("images", True), "/explain": ("image", False)})
 if SETTINGS.batching:
     Visionflow.add_asgi_middleware(BatchAnswers, one="/classify", many="/classify_batch")

@@ -108,6 +108,23 @@ def _flag(value: str | None, default: bool) -> bool:
     return default if value in (None, "") else value.strip().lower() in ("1", "true", "on", "yes")
 
 
+class NotServedHere:
+    """ASGI middleware: answer `paths` with one JSON error and `status` before the service sees them
+    (BentoML hides the message of a 5xx raised inside an API; a 501 must say what to do instead)."""
+
+    def __init__(self, app, paths: dict[str, str], status: int = 501):
+        self.app, self.status = app, status
+        self.bodies = {path: json.dumps({"error": message}).encode() for path, message in paths.items()}
+
+    async def __call__(self, scope, receive, send):
+        body = self.bodies.get(scope["path"]) if scope["type"] == "http" else None
+        if body is None:
+            return await self.app(scope, receive, send)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 class LoadShedder:
     """ASGI middleware: at most `limit` requests in flight per worker; beyond it a deliberate 503
     with Retry-After, answered at once (BentoML's own limit answers 429 without Retry-After).

@@ -8,39 +8,16 @@ contract: serving applies the same conversion, resize and normalisation from the
 from __future__ import annotations
 
 import csv
-import json
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from components.data.ingest import MANIFEST, read_dataset_info
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    classes: list[str]
-    in_channels: int
-    image_size: tuple[int, int]  # (H, W)
-    mean: list[float]  # per channel, [0, 1] scale, from the train split (or what pretrained weights expect)
-    std: list[float]
-    resize: str = "stretch"  # how an image of another size reaches image_size: stretch | crop | pad
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "DatasetSpec":
-        d = json.loads(text)
-        d["image_size"] = tuple(d["image_size"])
-        return cls(**d)
+from components.data.preprocess import SIXTEEN_BIT, DatasetSpec, to_array, to_mode  # noqa: F401 - their home is preprocess (torch-free)
 
 
 class DiskImages:
@@ -106,40 +83,6 @@ class ImageTensors:
 def _rows(data_dir: Path) -> list[dict[str, str]]:
     with open(data_dir / MANIFEST, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
-
-
-SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
-
-
-def to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Any decoded image → upright, 8-bit gray (channels 1) or RGB (3): EXIF orientation applied,
-    16-bit scaled (not clipped), transparency composited on white, palette/CMYK converted."""
-    img = ImageOps.exif_transpose(img) if img.getexif().get(0x0112, 1) != 1 else img
-    if img.mode in SIXTEEN_BIT or img.mode == "F":
-        arr = np.asarray(img, dtype=np.float32)
-        top = 65535.0 if img.mode != "F" and arr.max() > 255 else max(float(arr.max()), 1.0)
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return img.convert("L" if channels == 1 else "RGB")
-
-
-def to_array(img: Image.Image, channels: int, size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
-    """The one preprocessing conversion (training, evaluation, serving, the Bento): upright 8-bit gray
-    or RGB (to_mode), brought to (H, W) by `resize` — crop: shorter side to size + centre crop;
-    pad: longer side to size + centre pad (black); stretch: both sides (bilinear). uint8 (C, H, W)."""
-    img = to_mode(img, channels)
-    h, w = size
-    if img.size != (w, h):
-        if resize == "crop":
-            img = ImageOps.fit(img, (w, h), method=Image.Resampling.BILINEAR)
-        elif resize == "pad":
-            img = ImageOps.pad(img, (w, h), method=Image.Resampling.BILINEAR, color=0)
-        else:
-            img = img.resize((w, h), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.uint8)
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
 def preprocess(images: list[Image.Image], spec: DatasetSpec) -> torch.Tensor:
