@@ -17,6 +17,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Data versions (DVC): status, pull.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+deploy_app = typer.Typer(help="Take the champion's image to a cluster: Kubernetes manifests, a local registry, podman kube play.", no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="params.yaml profile: quick, default, full")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a knob: --set data.split.seed=1 (repeatable)")]
@@ -530,6 +532,91 @@ def promote(
     except store.PromotionError as exc:
         _fail(str(exc))
     typer.secho(f"champion is now {store.CLASSIFIER_MODEL} v{target} (from {name} v{version})", fg=typer.colors.GREEN)
+
+
+@deploy_app.command("manifests")
+def deploy_manifests(
+    image: Annotated[str | None, typer.Option("--image", help="REGISTRY/REPO@sha256:… [default: the champion's pushed image]")] = None,
+    out: Annotated[Path, typer.Option("--out", help="folder for the YAML (kustomization.yaml + one file per object, podman.yaml)")] = Path("deploy"),
+    replicas: Annotated[int, typer.Option("--replicas", help="pods (the HPA scales up to 2×)")] = 2,
+    namespace: Annotated[str | None, typer.Option("--namespace", help="namespace of every object [default: kubectl's]")] = None,
+    name: Annotated[str, typer.Option("--name", help="name of the Deployment, Service, HPA and PDB")] = "visionflow",
+    flavour: Annotated[str | None, typer.Option("--flavour", help="slim or full, when the champion has both images [default slim]")] = None,
+    podman_port: Annotated[int, typer.Option("--podman-port", help="host port podman.yaml publishes on this machine")] = 3000,
+    root: RootOpt = Path("."),
+) -> None:
+    """Write Kubernetes YAML for the champion (Deployment by digest, Service, HPA, PDB, ConfigMap, PVC, kustomization), validated against the schemas."""
+    cfg, ws = _setup(root, "default", None)
+    from components.delivery.deploy import champion_manifests
+    from components.delivery.manifests import K8S_VERSION, ManifestError, ManifestOptions
+    from components.tracking import mlflow_store as store
+
+    store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
+    try:
+        plan = champion_manifests(
+            out, ManifestOptions(name=name, namespace=namespace, replicas=replicas), image=image, flavour=flavour, podman_port=podman_port
+        )
+    except (LookupError, ManifestError) as exc:
+        _fail(str(exc), 2 if isinstance(exc, ManifestError) else 1)
+    typer.secho(f"manifests    : {out}/ ({', '.join(p.name for p in plan.files)}), valid for Kubernetes {K8S_VERSION}", fg=typer.colors.GREEN)
+    typer.echo(f"serves       : {plan.model_name} v{plan.model_version} (champion), image {plan.image} ({plan.flavour})")
+    typer.echo(
+        f"API key      : kubectl create secret generic visionflow-api-key --from-literal=api-key=<a long random secret>{f' -n {namespace}' if namespace else ''}"
+    )
+    typer.echo(f"apply        : kubectl apply -k {out}")
+    typer.echo(f"try it here  : VISIONFLOW_API_KEY=<secret> visionflow deploy play --out {out}   (podman kube play)")
+
+
+@deploy_app.command("play")
+def deploy_play(
+    out: Annotated[Path, typer.Option("--out", help="the folder `deploy manifests` wrote")] = Path("deploy"),
+    timeout: Annotated[float, typer.Option(help="seconds to wait for /readyz")] = 120.0,
+    port: Annotated[int, typer.Option("--port", help="the host port podman.yaml publishes (deploy manifests --podman-port)")] = 3000,
+) -> None:
+    """Run the manifests on this machine with `podman kube play` (needs VISIONFLOW_API_KEY) and wait until the pod is ready."""
+    import os
+
+    from components.delivery.podman import PlayError, play
+
+    key = os.environ.get("VISIONFLOW_API_KEY")
+    if not key:
+        _fail("the pod requires an API key: export VISIONFLOW_API_KEY=<a long random secret> (clients send 'Authorization: Bearer <key>')", 2)
+    try:
+        pods, seconds = play(out, key, ready_url=f"http://127.0.0.1:{port}/readyz", timeout=timeout)
+    except PlayError as exc:
+        _fail(str(exc))
+    typer.secho(f"ready        : {', '.join(pods)} on http://127.0.0.1:{port} after {seconds:.1f} s", fg=typer.colors.GREEN)
+    typer.echo(f"stop it      : visionflow deploy down --out {out}")
+
+
+@deploy_app.command("down")
+def deploy_down(out: Annotated[Path, typer.Option("--out", help="the folder `deploy manifests` wrote")] = Path("deploy")) -> None:
+    """Stop the pods of `deploy play` gracefully and remove them (the inference-log volume stays)."""
+    from components.delivery.podman import PlayError, down
+
+    try:
+        down(out)
+    except PlayError as exc:
+        _fail(str(exc))
+    typer.secho(f"stopped      : the pods of {out}/podman.yaml (volume kept: podman volume ls)", fg=typer.colors.GREEN)
+
+
+@deploy_app.command("registry")
+def deploy_registry(
+    port: Annotated[int, typer.Option("--port", help="port on 127.0.0.1")] = 5000,
+    root: RootOpt = Path("."),
+) -> None:
+    """Serve a real OCI registry (Debian's docker-registry) on 127.0.0.1, its blobs in the workspace; Ctrl-C stops it."""
+    cfg, ws = _setup(root, "default", None)
+    from components.delivery.registry import RegistryError, registry_command
+    from components.process import run_server
+
+    try:
+        cmd = registry_command(ws.home / "registry", port)
+    except RegistryError as exc:
+        _fail(str(exc))
+    typer.echo(f"registry on 127.0.0.1:{port} (blobs in {ws.home / 'registry'}); push with: visionflow package --image --push 127.0.0.1:{port}/visionflow")
+    raise typer.Exit(run_server(cmd))
 
 
 def main() -> None:

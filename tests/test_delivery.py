@@ -175,3 +175,33 @@ def test_pushed_digest_pulls_back_the_same_image(delivered):
     _podman("rmi", "-f", pushed, check=False)
     pulled = _podman("pull", "-q", "--tls-verify=false", pushed).stdout.strip().splitlines()[-1]
     assert f"sha256:{pulled}" == delivered["image_id"] or pulled == delivered["image_id"]
+
+
+def test_manifests_play_with_podman_ready_classify_and_leave_nothing(delivered, tmp_path):
+    root, out, port = delivered["root"], tmp_path / "deploy", free_port()
+    bad = _cli(root, "deploy", "manifests", "--image", delivered["repo"] + ":v1-slim", "--out", str(out))
+    assert bad.returncode == 2 and "sha256" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    done = _cli(root, "deploy", "manifests", "--out", str(out), "--replicas", "1", "--podman-port", str(port))
+    assert done.returncode == 0, done.stderr
+    assert delivered["pushed"] in done.stdout, "by default the manifests run the champion's pushed image"
+    from components.delivery.manifests import validate_manifests
+
+    assert validate_manifests(out) == []
+    assert delivered["pushed"] in (out / "deployment.yaml").read_text()
+    _podman("rmi", "-f", delivered["pushed"], check=False)  # the pod pulls it from the registry by digest
+    env_key = {**os.environ, "VISIONFLOW_API_KEY": "k" * 32}
+    play = subprocess.run([VF, "deploy", "play", "--out", str(out), "--port", str(port)], env=env_key, capture_output=True, text=True, timeout=300)
+    try:
+        assert play.returncode == 0, play.stderr
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.post(f"{base}/classify", files={"image": ("x.png", _png(3), "image/png")}, timeout=30).status_code == 401, "the API key is required"
+        r = httpx.post(f"{base}/classify", files={"image": ("x.png", _png(3), "image/png")}, headers={"Authorization": "Bearer " + "k" * 32}, timeout=30)
+        assert r.status_code == 200, r.text
+        version, tags = _champion(root)
+        assert r.json()["model"]["version"] == version and r.json()["model"]["run_id"] == tags["run_id"]
+    finally:
+        down = subprocess.run([VF, "deploy", "down", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert "visionflow-pod-0" not in _podman("pod", "ps", "--format", "{{.Name}}").stdout
+    assert _podman("ps", "-a", "--filter", "pod=visionflow-pod-0", "--format", "{{.Names}}").stdout.strip() == ""
+    _podman("volume", "rm", "-f", "visionflow-inference-log", check=False)

@@ -26,12 +26,12 @@ It is required by default (ManifestOptions.require_api_key): the image binds 0.0
 CLI refuses a non-loopback bind without a key, so without the Secret a pod stays in
 CreateContainerConfigError ("secret not found") instead of serving without authentication.
 
-Shutdown: on SIGTERM (tini forwards it) BentoML's circus arbiter sends SIGTERM to its uvicorn workers
-and waits for them with no bound of its own (graceful_timeout 86400 s); each worker stops accepting
-and finishes the requests in flight (no --timeout-graceful-shutdown: no bound either). A request ends
-within the service's traffic timeout (30 s, serving/service.py: BentoML answers 504 after it). So the
-grace period is the preStop drain (5 s, while endpoints and kube-proxy forget the pod, which still
-serves) + 30 s for the longest request in flight + 10 s to flush the inference log and exit = 45 s.
+Shutdown: on SIGTERM (tini forwards it) BentoML's circus arbiter sends SIGTERM to its uvicorn workers;
+each stops accepting and finishes the requests in flight, for at most the image's
+`--timeout-graceful-shutdown` (components/packaging/image.py, 20 s), and no request lives longer than
+the service's traffic timeout (30 s, serving/service.py) anyway. So the grace period is the preStop
+drain (5 s, while endpoints and kube-proxy forget the pod, which still serves) + 30 s for the longest
+request in flight + 10 s to flush the inference log and exit = 45 s.
 """
 
 from __future__ import annotations
