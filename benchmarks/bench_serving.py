@@ -63,10 +63,10 @@ def free_port() -> int:
 class Server:
     """`visionflow serve` in a subprocess (its own process group), ready when /readyz is 200."""
 
-    def __init__(self, env: dict[str, str], poll: float = 1.0, root: Path = REPO):
+    def __init__(self, env: dict[str, str], poll: float = 1.0, root: Path = REPO, model: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([CLI, "serve", "--port", str(self.port), "--poll", str(poll), "--root", str(root)],
+        self.proc = subprocess.Popen([CLI, "serve", "--port", str(self.port), "--poll", str(poll), "--root", str(root), *(["--model", model] if model else [])],
                                      env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)  # fmt: skip
 

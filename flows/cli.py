@@ -390,10 +390,24 @@ def monitor(
     retrain: Annotated[
         bool | None, typer.Option("--retrain/--no-retrain", help="start a retrain when drift or live accuracy fires [default: monitor.retrain]")
     ] = None,
+    inference_log: Annotated[
+        list[Path] | None, typer.Option("--inference-log", help="merge these logs first: files or folders of inference*.db copied from pods (repeatable)")
+    ] = None,
     root: RootOpt = Path("."),
 ) -> None:
     """Compare what the champion served (the inference log) with its training data; report, and retrain on drift."""
     cfg, ws = _setup(root, profile, set_)
+    if inference_log:
+        from components.monitoring.inference_log import InferenceLog
+
+        files = [f for p in inference_log for f in (sorted(p.glob("inference*.db")) if p.is_dir() else [p])]
+        missing = [str(f) for f in files if not f.is_file()] or ([] if files else [", ".join(map(str, inference_log))])
+        if missing:
+            _fail(f"--inference-log: no inference log at {missing[0]} (a pod's file: kubectl cp POD:/var/lib/visionflow ./pod-logs)", 2)
+        log = InferenceLog(ws.inference_log)
+        for f in files:
+            typer.echo(f"merged       : {f} ({log.absorb(f)} predictions new or with newer feedback)")
+        log.close()
     if retrain is not None:
         cfg = cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"retrain": retrain})})
     if not ws.inference_log.exists():

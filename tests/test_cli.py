@@ -70,3 +70,20 @@ def test_bundled_ingest_reproduces_the_committed_data_version(tmp_path):
     assert status.returncode == 0 and committed in status.stdout and "matches" in status.stdout
     valid = _run(["validate"], root)
     assert valid.returncode == 0 and "validation passed" in valid.stdout
+
+
+def test_delivery_commands_say_what_to_do_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("VISIONFLOW_API_KEY", raising=False)
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    cases = [
+        (["package", "--push", "127.0.0.1:5000/visionflow"], 2, "add --image"),
+        (["package", "--image", "--flavour", "tiny"], 2, "use slim or full"),
+        (["deploy", "manifests", "--out", str(tmp_path / "deploy")], 1, "has no champion yet"),
+        (["deploy", "play", "--out", str(tmp_path / "deploy")], 2, "VISIONFLOW_API_KEY"),
+        (["monitor", "--inference-log", str(tmp_path / "nowhere.db")], 2, "no inference log at"),
+    ]
+    for args, code, words in cases:
+        out = _run(args, tmp_path)
+        err = out.stderr.strip()
+        assert out.returncode == code and len(err.splitlines()) == 1 and words in err and "Traceback" not in err, (args, out.returncode, err)
+    assert not (tmp_path / "deploy").exists()

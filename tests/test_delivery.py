@@ -158,6 +158,11 @@ def test_the_slim_image_serves_the_champion_as_non_root(delivered, tmp_path):
         stopped_in = time.perf_counter() - t0
         state = json.loads(_podman("inspect", name).stdout)[0]["State"]
         assert stopped_in < 25 and state["ExitCode"] != 137, (stopped_in, state)
+        # the monitor reads what the container logged: the volume's file merged into the workspace's log
+        mount = Path(_podman("volume", "inspect", "--format", "{{.Mountpoint}}", volume).stdout.strip())
+        merged = _cli(delivered["root"], "monitor", "--no-retrain", "--inference-log", str(mount))
+        assert merged.returncode == 0, merged.stderr[-1500:]
+        assert "inference.db (1 predictions new or with newer feedback)" in merged.stdout, merged.stdout
     finally:
         _podman("rm", "-f", name, check=False)
         _podman("volume", "rm", "-f", volume, check=False)

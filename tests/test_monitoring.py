@@ -240,3 +240,30 @@ def test_public_bind_needs_an_api_key(tmp_path):
     assert out.returncode == 2 and "VISIONFLOW_API_KEY" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     out = subprocess.run([cli, "ui", "--host", "0.0.0.0", "--root", str(tmp_path)], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "loopback only" in out.stderr
+
+
+def test_pod_logs_merge_into_the_workspace_log_once(tmp_path):
+    """`visionflow monitor --inference-log`: each pod's file (copied from its volume) joins the workspace's log, feedback included, idempotently."""
+
+    def row(rid: str, ts: float) -> dict:
+        return {"request_id": rid, "ts": ts, "endpoint": "/classify", "model_name": "m", "model_version": "1", "predicted": "cat", "confidence": 0.9}
+
+    pods = []
+    for i in range(2):
+        pod = InferenceLog(tmp_path / f"inference-pod-{i}.db")
+        pod.record([row(f"p{i}-a", 1.0 + i), row(f"p{i}-b", 2.0 + i)], classes=["cat", "dog"])
+        pods.append(pod)
+    pods[1].feedback("p1-b", "dog")
+    for pod in pods:
+        pod.close()
+    ws_log = InferenceLog(tmp_path / "workspace" / "inference.db")
+    assert ws_log.absorb(tmp_path / "inference-pod-0.db") == 2
+    assert ws_log.absorb(tmp_path / "inference-pod-1.db") == 2
+    assert ws_log.absorb(tmp_path / "inference-pod-1.db") == 0, "merging the same file again changes nothing"
+    rows = {r["request_id"]: r for r in ws_log.rows()}
+    assert sorted(rows) == ["p0-a", "p0-b", "p1-a", "p1-b"] and rows["p1-b"]["label"] == "dog"
+    assert ws_log.classes("m", "1") == ["cat", "dog"]
+    later = InferenceLog(tmp_path / "inference-pod-0.db")
+    later.feedback("p0-a", "dog")  # feedback given to a pod after the first merge
+    later.close()
+    assert ws_log.absorb(tmp_path / "inference-pod-0.db") == 1 and {r["request_id"]: r for r in ws_log.rows()}["p0-a"]["label"] == "dog"

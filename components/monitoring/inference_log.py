@@ -202,5 +202,31 @@ class InferenceLog:
             (ts,) = self._con.execute("SELECT COALESCE(MAX(ts), 0) FROM monitor_decisions WHERE retrain = 1").fetchone()
         return float(ts)
 
+    def absorb(self, other: Path) -> int:
+        """Merge another inference log (a pod's file, copied from its volume) into this one: its
+        predictions, their feedback (the later label wins) and class sets. Idempotent by request id;
+        returns how many predictions were added or got newer feedback."""
+        if not Path(other).is_file():
+            raise FileNotFoundError(f"{other}: no such inference log")
+        cols = ", ".join((*COLUMNS, "label", "feedback_ts"))
+        newer = "q.label IS NOT NULL AND q.feedback_ts > COALESCE(predictions.feedback_ts, 0)"
+        with self._lock:
+            self._con.execute("ATTACH DATABASE ? AS pod", (str(Path(other).resolve()),))
+            try:
+                self._con.execute("BEGIN")
+                added = self._con.execute(f"INSERT OR IGNORE INTO predictions ({cols}) SELECT {cols} FROM pod.predictions").rowcount
+                updated = self._con.execute(
+                    "UPDATE predictions SET (label, feedback_ts) = (SELECT q.label, q.feedback_ts FROM pod.predictions q WHERE q.request_id = predictions.request_id) "
+                    f"WHERE EXISTS (SELECT 1 FROM pod.predictions q WHERE q.request_id = predictions.request_id AND {newer})"
+                ).rowcount
+                self._con.execute("INSERT OR IGNORE INTO models SELECT * FROM pod.models")
+                self._con.execute("COMMIT")
+            except Exception:
+                self._con.execute("ROLLBACK")
+                raise
+            finally:
+                self._con.execute("DETACH DATABASE pod")
+        return added + updated
+
     def close(self) -> None:
         self._con.close()

@@ -67,7 +67,7 @@ def import_version(name: str, ver: str) -> tuple[str, dict[str, str]]:
     return str(bento_model.tag), labels
 
 
-def import_onnx_version(ws: Workspace, name: str, ver: str) -> tuple[str, dict[str, str], dict[str, str]]:
+def import_onnx_version(ws: Workspace, name: str, ver: str, test_x=None) -> tuple[str, dict[str, str], dict[str, str]]:
     """models:/NAME/VERSION → its ONNX export in the BentoML store (`NAME-onnx`), after checking on the
     test split on disk that onnxruntime gives the same label for every image and probabilities
     within 1e-4. Returns (tag, labels, onnx facts); the facts are also tagged on the version."""
@@ -82,11 +82,13 @@ def import_onnx_version(ws: Workspace, name: str, ver: str) -> tuple[str, dict[s
     if labels.get("task") == "generation":
         raise ExportError(f"{name} v{ver} is a generator: the slim image serves classifiers only; use --flavour full")
     model, spec = load_logged_model(f"models:/{name}/{ver}")
-    test_dir = ws.data_dir() / "test"
-    if not test_dir.is_dir():
-        raise PackagingError(f"the ONNX parity check needs the test split in {test_dir}: run `visionflow data pull` (or `visionflow run`) first")
-    test = load_spec_split(ws.data_dir(), "test", spec)
-    x = normalize_batch(test.x.numpy().astype("float32") / 255.0, spec)
+    if test_x is None:  # the test split on disk, converted as serving converts it
+        test_dir = ws.data_dir() / "test"
+        if not test_dir.is_dir():
+            raise PackagingError(f"the ONNX parity check needs the test split in {test_dir}: run `visionflow data pull` (or `visionflow run`) first")
+        test = load_spec_split(ws.data_dir(), "test", spec)
+        test_x = normalize_batch(test.x.numpy().astype("float32") / 255.0, spec)
+    x = test_x
     with bentoml.models.create(f"{name}-onnx", labels={**labels, "runtime": "onnxruntime"}, metadata={"visionflow_spec": json.loads(spec.to_json())}) as bm:
         export = write_onnx_dir(model, spec, Path(bm.path))
         parity = check_parity(model, export.path, x)

@@ -176,25 +176,33 @@ def _canonical(name: str) -> str:
 
 def pinned_closure(packages: list[str]) -> dict[str, str]:
     """{distribution: version} for `packages` and everything they require, as installed on this
-    host (extras not followed; environment markers evaluated for this interpreter)."""
+    host, extras included where a requirement asks for them (torch → cuda-toolkit[cublas, …]);
+    environment markers evaluated for this interpreter."""
     from packaging.requirements import Requirement
 
     seen: dict[str, str] = {}
-    todo = list(packages)
+    done: set[tuple[str, str]] = set()  # (name, extra) already followed
+    todo: list[tuple[str, frozenset[str]]] = [(p, frozenset()) for p in packages]
     while todo:
-        name = _canonical(todo.pop())
-        if name in seen:
+        raw, extras = todo.pop()
+        name = _canonical(raw)
+        wanted = [e for e in ("", *sorted(extras)) if (name, e) not in done]
+        if not wanted:
             continue
         try:
             dist = distribution(name)
         except PackageNotFoundError:
             raise ImageError(f"{name} is needed in the image but not installed here; pip install it (the wheelhouse takes the host's versions)") from None
         seen[name] = dist.version
-        for text in dist.requires or []:
-            req = Requirement(text)
-            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-                continue
-            todo.append(req.name)
+        for extra in wanted:
+            done.add((name, extra))
+            for text in dist.requires or []:
+                req = Requirement(text)
+                if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+                    continue
+                if req.marker is None and extra:
+                    continue  # unconditional requirements were followed with extra ""
+                todo.append((req.name, frozenset(req.extras)))
     return dict(sorted(seen.items()))
 
 
@@ -273,7 +281,7 @@ CMD ["bentoml", "serve", "{APP}", "--timeout-graceful-shutdown", "{GRACEFUL_SHUT
 
 
 def build_image(builder: str, bento_path: Path, *, ref: str, base: str, flavour: str, lineage: dict[str, str | None], wheel_cache: Path,
-                context_dir: Path, models: dict[str, Path] | None = None, extra_labels: dict[str, str] | None = None) -> ImageBuild:  # fmt: skip
+                context_dir: Path, models: dict[str, Path] | None = None, extra_labels: dict[str, str] | None = None, no_cache: bool = False) -> ImageBuild:  # fmt: skip
     """Build `ref` from the Bento at `bento_path` with no network; returns its id, size and time.
     `models` ({"name:version": folder in the BentoML store}) go into the Bento's own model store,
     where `bentoml serve <bento folder>` looks first (a Bento in the local store only refers to them)."""
@@ -308,6 +316,10 @@ def build_image(builder: str, bento_path: Path, *, ref: str, base: str, flavour:
         cmd = ["buildah", "bud", "--network", "none", "--format", "docker", "--layers", "-t", ref, "-f", str(context_dir / "Containerfile"), str(context_dir)]
     else:
         cmd = ["podman", "build", "--network", "none", "--format", "docker", "--layers", "-t", ref, "-f", str(context_dir / "Containerfile"), str(context_dir)]
+    if no_cache:
+        cmd.insert(2, "--no-cache")
+    if builder != "docker":  # the base is local: never reach for a registry (docker uses a present image by default)
+        cmd.insert(2, "--pull=never")
     _run(cmd, f"{builder} build of {ref}")
     info = inspect_image(builder, ref)
     image_id = info.get("Id") or info.get("FromImageID") or ""
@@ -402,7 +414,7 @@ def default_ref(model_name: str, version: str, flavour: str) -> str:
 
 
 def release_image(ws, *, flavour: str = "slim", builder: str | None = None, base_image: str | None = None, base_from_debian: bool = False,
-                  ref: str | None = None, push: str | None = None, version: str | None = None) -> ImageRelease:  # fmt: skip
+                  ref: str | None = None, push: str | None = None, version: str | None = None, no_cache: bool = False) -> ImageRelease:  # fmt: skip
     """The champion (or `version`) → Bento of `flavour` → image built with no network → pushed when
     asked. The image id (and the pushed digest) are tagged on the registered version, so the
     registry says which image serves which version."""
@@ -426,7 +438,7 @@ def release_image(ws, *, flavour: str = "slim", builder: str | None = None, base
 
     models = {tag: Path(bentoml.models.get(tag).path) for tag in res.model_tags.values()}
     built = build_image(builder, res.bento_path, ref=ref, base=base, flavour=flavour, lineage=res.lineage or {}, wheel_cache=ws.home / "images" / "wheelhouse",
-                        context_dir=ws.home / "images" / f"context-{flavour}", models=models, extra_labels=extra)  # fmt: skip
+                        context_dir=ws.home / "images" / f"context-{flavour}", models=models, extra_labels=extra, no_cache=no_cache)  # fmt: skip
     client = store.client()
     client.set_model_version_tag(name, ver, f"image.{flavour}.id", built.image_id)
     client.set_model_version_tag(name, ver, f"image.{flavour}.ref", built.ref)
