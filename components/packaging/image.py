@@ -249,7 +249,9 @@ def oci_labels(lineage: dict[str, str | None], flavour: str, extra: dict[str, st
 
 def containerfile(base: str, labels: dict[str, str], *, port: int = PORT, uid: int = UID) -> str:
     """Two stages: the venv is made from the wheelhouse in the first, only the venv and the Bento
-    reach the second (no wheels, no pip cache). HEALTHCHECK needs the docker image format."""
+    reach the second (no wheels, no pip cache). Bytecode is compiled at build time because the root
+    filesystem is read-only at run time (a few packages ship files for other Pythons: not fatal).
+    HEALTHCHECK needs the docker image format."""
     label_lines = " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in labels.items())
     probe = "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('BENTOML_PORT', '3000'), timeout=4)"
     return f"""\
@@ -258,7 +260,7 @@ COPY wheels /wheels
 RUN python3 -m venv /opt/venv \\
  && /opt/venv/bin/python -m pip install --no-index --no-cache-dir --disable-pip-version-check -q --find-links /wheels -r /wheels/requirements.txt \\
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {{}} + \\
- && /opt/venv/bin/python -m compileall -q /opt/venv/lib > /dev/null
+ && (/opt/venv/bin/python -m compileall -q /opt/venv/lib > /dev/null || true)
 
 FROM {base}
 RUN groupadd --system --gid {uid} visionflow && useradd --system --uid {uid} --gid {uid} --home-dir /tmp --shell /usr/sbin/nologin visionflow \\
