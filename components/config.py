@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 BUNDLED_MNIST = "bundled:mnist_5k"
@@ -238,6 +238,30 @@ class TrackingConfig(_Strict):
     experiment: str = "visionflow"
 
 
+class RolloutConfig(_Strict):
+    """Progressive delivery (components/delivery/rollout.py): a gate winner meets live traffic as
+    `challenger` before it becomes champion; the rollout flow decides from the inference log."""
+
+    mode: Literal["off", "shadow", "canary"] = Field(
+        "off", description="what a pipeline run that wins the offline gate does: off = promote at once (no live traffic needed, as a batch "
+        "`make run` has none); shadow = the challenger answers a copy of the traffic, never returned; canary = it answers `percent` of the clients"
+    )  # fmt: skip
+    percent: float = Field(10.0, gt=0, le=100, description="canary: share of clients (stable by X-Client-Id) the challenger answers, %")
+    shadow_sample: float = Field(1.0, gt=0, le=1, description="shadow: share of served requests the challenger also answers")
+    min_requests: int = Field(100, ge=1, description="challenger requests before the error-rate and latency rules (and a promotion) may act")
+    min_labelled: int = Field(200, ge=1, description="labelled requests (paired in shadow; per version in canary) before a promotion may be decided")
+    margin: float = Field(0.02, ge=0, lt=1, description="non-inferiority margin: live accuracy may be at most this much below the champion's")
+    alpha: float = Field(0.05, gt=0, lt=1, description="one-sided level of the non-inferiority test (Tango paired / Farrington-Manning independent)")
+    max_error_rate_increase: float = Field(0.01, ge=0, le=1, description="roll back at once when the challenger's error rate exceeds the champion's by more")
+    latency_budget_ms: float = Field(500.0, gt=0, description="roll back at once when the challenger's p95 latency exceeds this (the batching budget)")
+    max_window_hours: float = Field(72.0, gt=0, description="no promotion by then: roll back")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` (params.yaml, --set) as false
+
+
 class SelectionConfig(_Strict):
     margin: float = Field(0.0, ge=0, le=1, description="min test-accuracy gain over the champion")
     alpha: float = Field(0.05, gt=0, lt=1, description="McNemar significance level")
@@ -247,6 +271,7 @@ class SelectionConfig(_Strict):
     robustness_weight: float = Field(
         0.0, ge=0, le=1, description="rank this run's classifiers by (1−w)·val accuracy + w·val accuracy under the evaluation's noise and FGSM attacks"
     )
+    rollout: RolloutConfig = Field(RolloutConfig(), description="a gate winner's way to production: at once (off), or through a shadow or canary rollout")
 
 
 class ScheduleConfig(_Strict):
@@ -295,8 +320,8 @@ class Config(_Strict):
     monitor: MonitorConfig = MonitorConfig()
 
     def hash(self) -> str:
-        """Stable short hash of the resolved config (lineage tag and cache key); monitoring knobs train nothing."""
-        payload = json.dumps(self.model_dump(mode="json", exclude={"profile", "monitor"}), sort_keys=True)
+        """Stable short hash of the resolved config (lineage tag and cache key); monitoring and rollout knobs train nothing."""
+        payload = json.dumps(self.model_dump(mode="json", exclude={"profile": True, "monitor": True, "selection": {"rollout"}}), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -207,9 +207,10 @@ def run(
     if res.cached:
         out.print(f"\ncached       : {', '.join(res.cached)} (unchanged data + config: training skipped; --force retrains)")
     out.print(f"\nselection    : {res.decision}")
-    out.print(f"champion     : visionflow-classifier v{res.champion}  (models:/visionflow-classifier@champion)")
-    if res.generator:
-        out.print(f"generator    : visionflow-gan v{res.generator}")
+    from components.tracking.promotion import summary_lines
+
+    for line in summary_lines(res.aliases, res.registered):  # who holds each alias now, and what this run registered, each with its reason
+        out.print(line, markup=False)
     if res.bento:
         out.print(f"bento        : {res.bento}  (serve: `visionflow serve`; Dockerfile in .visionflow/reports/bento/)")
     out.print(f"data version : {res.data_version}")
@@ -348,6 +349,7 @@ def schedule(
     from prefect import serve as serve_deployments
 
     from flows.monitor import monitor_flow
+    from flows.rollout import rollout_flow
 
     monitor_params = {k: v for k, v in params.items() if k != "source"}
     typer.echo(f"deployment retrain_flow/{name}: cron '{cron}', profile {profile}")
@@ -355,6 +357,7 @@ def schedule(
     serve_deployments(
         retrain_flow.to_deployment(name=name, schedules=[schedule_], parameters=params),
         monitor_flow.to_deployment(name=f"{name}-monitor", schedules=[Cron(cfg.monitor.cron)], parameters=monitor_params),
+        rollout_flow.to_deployment(name=f"{name}-rollout", schedules=[Cron(cfg.monitor.cron)], parameters=monitor_params),
         print_starting_message=True,
     )
 
@@ -631,6 +634,11 @@ def deploy_registry(
         _fail(str(exc))
     typer.echo(f"registry on 127.0.0.1:{port} (blobs in {ws.home / 'registry'}); push with: visionflow package --image --push 127.0.0.1:{port}/visionflow")
     raise typer.Exit(run_server(cmd))
+
+
+from flows.cli_rollout import rollout_app  # noqa: E402 - its commands import from this module
+
+app.add_typer(rollout_app, name="rollout")
 
 
 def main() -> None:

@@ -56,6 +56,8 @@ class PipelineResult:
     bento: str | None = None
     cached: list[str] = field(default_factory=list)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # test metrics per model
+    aliases: list[dict[str, Any]] = field(default_factory=list)  # who holds champion/challenger/generator after the run, and why
+    registered: list[dict[str, Any]] = field(default_factory=list)  # what this run registered and what became of it, and why
 
 
 def _input_example(spec: DatasetSpec):
@@ -242,11 +244,12 @@ def package_task(root: str, cfg: Config, decision: promotion.SelectionDecision) 
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote_task(decision: promotion.SelectionDecision, parent_id: str) -> None:
-    """Aliases move last: everything they promise (evaluation, Bento) exists by now."""
+def promote_task(decision: promotion.SelectionDecision, parent_id: str) -> list[dict]:
+    """Aliases move last: everything they promise (evaluation, Bento) exists by now. A gate winner
+    under `selection.rollout.mode` shadow/canary starts a rollout instead of taking `champion`."""
     store.client().log_dict(parent_id, decision.as_dict(), "selection.json")
     store.client().set_tag(parent_id, "selection", decision.reason[:5000])
-    promotion.apply(decision)
+    return promotion.apply(decision)
 
 
 @task(name="check-out-data", cache_policy=NO_CACHE)
@@ -394,14 +397,14 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
                 f"decision fusion α={trained['decision_fusion']['alpha']:.2f} over {', '.join(cfg.models.decision_fusion.members)} (chosen on validation)"
             )
         report = report_task(rows, images, notes, str(ws.reports_dir / parent), str(ws.reports_dir / "latest"), parent)
-        selection, bento = None, None
+        selection, bento, registered = None, None, []
         if promote:
             registration = register_task(evals, gan_eval, lineage, cfg.selection.robustness_weight)
             selection = select_task(registration, cfg, str(data_dir), data.classes)
             bento = package_task(str(ws.root), cfg, selection) if cfg.packaging.enabled else None
             if bento:
                 store.client().set_tag(parent, "bento", bento["bento_tag"])
-            promote_task(selection, parent)  # aliases move last
+            registered = promote_task(selection, parent)  # aliases move last
     except BaseException as exc:
         # Ctrl-C, or SIGTERM (Prefect turns it into TerminationSignal inside a flow run): tell the
         # training threads to stop too, so the process ends now rather than after their last epoch
@@ -415,11 +418,12 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
     if selection is not None:
         _markdown_artifact(table, selection, uri, parent)
     champion = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION) if promote else None
+    aliases = promotion.alias_holders() if promote else []
     cached = sorted(k for k, t in {**trained, **({"gan": gan_trained} if gan_trained else {})}.items() if t.get("cached"))
     return PipelineResult(parent, data.data_version, report, table, champion, selection.reason if selection else "not registered (reproduction)",
                           selection.generator_version if selection else None, rows, uri, data.data_docs, time.perf_counter() - start,
                           bento["bento_tag"] if bento else None, cached,
-                          {e["key"]: e["metrics"] for e in evals + ([gan_eval] if gan_eval else [])})  # fmt: skip
+                          {e["key"]: e["metrics"] for e in evals + ([gan_eval] if gan_eval else [])}, aliases, registered)  # fmt: skip
 
 
 def _adopt(trained: dict, cfg: Config, exp_id: str, parent: str, lineage: dict) -> dict:

@@ -41,6 +41,17 @@ class Metrics:
         self.live_accuracy = Gauge("visionflow_live_accuracy", "Accuracy over all feedback so far", ["model_version"], multiprocess_mode="mostrecent")
         self.feedback_count = Gauge("visionflow_live_accuracy_feedback", "Feedback behind visionflow_live_accuracy", ["model_version"],
                                     multiprocess_mode="mostrecent")  # fmt: skip
+        # a rollout (serving/rollout.py), from the inference log's window since the stage started, refreshed by each poll
+        roll = {"multiprocess_mode": "mostrecent"}
+        self.rollout_stage = Gauge(
+            "visionflow_rollout_stage", "1 while the version is in this rollout stage (canary: also _percent)", ["model_version", "stage"], **roll
+        )
+        self.rollout_percent = Gauge("visionflow_rollout_percent", "Share of clients routed to the canary", ["model_version"], **roll)
+        self.rollout_requests = Gauge("visionflow_rollout_requests", "Requests each side answered in the rollout window", ["model_version", "role"], **roll)
+        self.rollout_errors = Gauge("visionflow_rollout_errors", "Failed answers of each side in the rollout window", ["model_version", "role"], **roll)
+        self.rollout_agreement = Gauge("visionflow_rollout_agreement", "Share of shadowed requests where the challenger agreed with the champion",
+                                       ["model_version"], **roll)  # fmt: skip
+        self.rollout_live_accuracy = Gauge("visionflow_rollout_live_accuracy", "Accuracy on feedback in the rollout window", ["model_version", "role"], **roll)
 
 
 @cache

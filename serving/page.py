@@ -72,7 +72,11 @@ $("send").onclick = async () => {
   } catch (e) { $("feedback").textContent = e.message; }
 };
 function showModel(m) {
-  $("model").textContent = `model: ${m.model.name} v${m.model.version} · data version ${(m.data_version || "?").slice(0, 12)}`;
+  let text = `model: ${m.model.name} v${m.model.version} · data version ${(m.data_version || "?").slice(0, 12)}`;
+  const r = m.rollout;
+  if (r && r.challenger) text += ` · rollout: v${r.challenger.version} in ${r.stage}` + (r.stage === "canary" ? ` (${r.percent} % of clients)` : " (answers logged, never returned)");
+  else if (r && r.served_by) text += ` · answered by the ${r.served_by} (${r.stage})`;
+  $("model").textContent = text;
 }
 function parse(text) {
   const out = [];

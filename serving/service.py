@@ -27,6 +27,7 @@ import importlib.util
 import json
 import logging
 import os
+import random
 import time
 import uuid
 from http import HTTPStatus
@@ -47,6 +48,7 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", default_uri(_ws))  # the workspace'
 
 # torch and the models load in the worker processes only (serving.runtime, imported in __init__):
 # BentoML's supervisor imports this module for its config, and torch would cost it ~0.5 GB
+from serving import rollout  # noqa: E402
 from serving.observability import RequestContext, metrics  # noqa: E402
 from serving.settings import BatchAnswers, InputError, LoadShedder, MultipartGuard, NotServedHere, Settings, cap_batch_wait, decode_image  # noqa: E402
 
@@ -118,10 +120,40 @@ class Visionflow:
         if path is not None and not self.log_state["persistent"]:
             log.warning(json.dumps({"event": "inference_log_not_persistent", "path": str(path), "why": self.log_state["why"]}))
         self._stop = start_poller([s for s in (self.classifier, self.generator) if s], self.settings.poll_seconds)
+        # a rollout (serving/rollout.py): the challenger alias's live stage, polled like the champion
+        self.shadow = None
+        self.challenger_uri = rollout.challenger_uri(self.settings.model_uri) if self.settings.rollout else None
+        if self.challenger_uri:
+            from serving.runtime import load_registered
+
+            if self.inference_log is not None:
+                self.shadow = rollout.ShadowWorker(self.inference_log.record_rollout)
+            rollout.start_rollout_poller(self.challenger_uri, load_registered, self.settings.poll_seconds, self._stop, self._rollout_metrics)
         import gc
 
         gc.collect()
         gc.freeze()  # the ~1M long-lived objects of torch/mlflow/the model leave the GC's scans: no long pauses
+
+    def _rollout_metrics(self, before, stage) -> None:
+        """visionflow_rollout_* from the inference log's window since the stage began (each poll)."""
+        m = metrics()
+        if before is not None and (stage is None or (before.version, before.mode) != (stage.version, stage.mode)):
+            m.rollout_stage.labels(before.version, before.mode).set(0)
+        if stage is None:
+            return
+        m.rollout_stage.labels(stage.version, stage.mode).set(1)
+        m.rollout_percent.labels(stage.version).set(stage.percent if stage.mode == "canary" else 0)
+        champion = self.classifier.current
+        if self.inference_log is None or champion is None:
+            return
+        w = self.inference_log.rollout_window(stage.started, (champion.name, str(champion.version)), (stage.name, stage.version))
+        for role, side in (("champion", w.champion), ("challenger", w.challenger)):
+            m.rollout_requests.labels(side.model_version, role).set(side.requests)
+            m.rollout_errors.labels(side.model_version, role).set(side.errors)
+            if side.live_accuracy is not None:
+                m.rollout_live_accuracy.labels(side.model_version, role).set(side.live_accuracy)
+        if w.agreement is not None:
+            m.rollout_agreement.labels(stage.version).set(w.agreement)
 
     def _model(self):
         current = self.classifier.current
@@ -129,8 +161,9 @@ class Visionflow:
             raise bentoml.exceptions.BentoMLException(f"no model loaded yet: {self.classifier.error}", error_code=HTTPStatus.SERVICE_UNAVAILABLE)
         return current
 
-    def _classify_paths(self, paths: list[Path], endpoint: str) -> list[dict[str, Any]]:
-        """One answer per uploaded file; a bad file becomes an {"error", "status"} item (see BatchAnswers)."""
+    def _classify_paths(self, paths: list[Path], endpoint: str, canary: bool = False) -> list[dict[str, Any]]:
+        """One answer per uploaded file; a bad file becomes an {"error", "status"} item (see BatchAnswers).
+        `canary`: the request was routed to the challenger (CanaryRouter)."""
         t0 = time.perf_counter()
         model = self._model()  # one read: a swap mid-batch cannot mix versions
         out: list[dict[str, Any]] = []
@@ -142,14 +175,52 @@ class Visionflow:
             except InputError as exc:
                 out.append({"error": str(exc), "status": exc.status})
         if good:
-            answers = self._answer(model, [img for _, img, _ in good], [p for _, _, p in good], endpoint, t0)
+            answers = self._answer(model, [img for _, img, _ in good], [p for _, _, p in good], endpoint, t0, canary=canary)
             for (i, _, _), answer in zip(good, answers):
                 out[i] = answer
         return out
 
-    def _answer(self, model, images: list[Image.Image], uploads: list[Path | bytes], endpoint: str, t0: float) -> list[dict[str, Any]]:
-        """Classify; give each image a request id; count it in /metrics and record it in the inference log."""
-        answers, stats = model.predict(images)
+    def _predict(self, model, images: list[Image.Image], canary: bool) -> tuple[Any, list, list, list[dict]]:
+        """(the model that answered, answers, stats, canary rows to log once the answers have ids).
+        During a canary a routed request is answered by the challenger; if it fails, the champion
+        answers and the failure is evidence in the log."""
+        cur = rollout.STATE.current
+        if canary and cur is not None and cur[0].mode == "canary":
+            stage, challenger = cur
+            t = time.perf_counter()
+            try:
+                answers, stats = challenger.predict(images)
+                return challenger, answers, stats, [self._rollout_row(stage, "canary", a, t) for a in answers]
+            except Exception as exc:
+                self._record_rollout([{**self._rollout_row(stage, "canary", None, t, exc), "request_id": uuid.uuid4().hex} for _ in images])
+        try:
+            answers, stats = model.predict(images)
+        except Exception as exc:
+            if cur is not None:  # a champion failure during a rollout is evidence too
+                t = time.perf_counter()
+                self._record_rollout([{**self._rollout_row(cur[0], "champion", None, t, exc, model), "request_id": uuid.uuid4().hex} for _ in images])
+            raise
+        return model, answers, stats, []
+
+    @staticmethod
+    def _rollout_row(stage, mode: str, answer: dict | None, t0: float, exc: Exception | None = None, model=None) -> dict:
+        name, version = (model.name, str(model.version)) if model is not None else (stage.name, stage.version)
+        return {"ts": time.time(), "mode": mode, "model_name": name, "model_version": version,
+                "predicted": answer["class_name"] if answer else None, "confidence": answer["confidence"] if answer else None,
+                "latency_ms": (time.perf_counter() - t0) * 1000, "error": None if exc is None else f"{type(exc).__name__}: {str(exc)[:200]}"}  # fmt: skip
+
+    def _record_rollout(self, rows: list[dict]) -> None:
+        if self.inference_log is None or not rows:
+            return
+        try:
+            self.inference_log.record_rollout(rows)
+        except Exception as exc:  # never fail a request over its evidence
+            log.warning(json.dumps({"event": "rollout_log_failed", "error": str(exc)[:200]}))
+
+    def _answer(self, model, images: list[Image.Image], uploads: list[Path | bytes], endpoint: str, t0: float, canary: bool = False) -> list[dict[str, Any]]:
+        """Classify; give each image a request id; count it in /metrics and record it in the inference log.
+        During a shadow stage the challenger answers the same images afterwards, off the response path."""
+        model, answers, stats, canary_rows = self._predict(model, images, canary)
         latency_ms = (time.perf_counter() - t0) * 1000
         m = metrics()
         m.batch_size.observe(len(images))
@@ -177,7 +248,24 @@ class Visionflow:
                 if not self._log_failed:
                     log.warning(json.dumps({"event": "inference_log_failed", "error": str(exc)[:200]}))
                     self._log_failed = True
+        self._after_answer(model, images, answers, canary_rows)
         return answers
+
+    def _after_answer(self, model, images: list[Image.Image], answers: list[dict[str, Any]], canary_rows: list[dict]) -> None:
+        """Rollout bookkeeping once the answers exist: say who answered, log canary evidence, queue shadow work."""
+        cur = rollout.STATE.current
+        if cur is None:
+            return
+        stage, challenger = cur
+        role = "challenger" if model is challenger else "champion"
+        for answer in answers:
+            answer["rollout"] = {"stage": stage.mode, "served_by": role}
+        if canary_rows:
+            self._record_rollout([{**row, "request_id": a["request_id"]} for row, a in zip(canary_rows, answers)])
+        if stage.mode == "shadow" and role == "champion" and self.shadow is not None:
+            sampled = [(img, a["request_id"]) for img, a in zip(images, answers) if stage.shadow_sample >= 1 or random.random() < stage.shadow_sample]
+            if sampled:
+                self.shadow.submit(stage, challenger, [img for img, _ in sampled], [rid for _, rid in sampled])
 
     if SETTINGS.batching:
         # BentoML's adaptive batching: concurrent requests' images are merged into one forward pass
@@ -193,18 +281,34 @@ class Visionflow:
         def classify_batch(self, images: list[Path]) -> list[dict[str, Any]]:
             return self._classify_paths(images, "/classify_batch")
 
+        # the challenger's routes during a canary (CanaryRouter rewrites the path): their own batch queue
+        @bentoml.api(route="/classify_canary", batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+        def classify_canary(self, image: list[Path]) -> list[dict[str, Any]]:
+            return self._classify_paths(image, "/classify", canary=True)
+
+        @bentoml.api(route="/classify_batch_canary", batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+        def classify_batch_canary(self, images: list[Path]) -> list[dict[str, Any]]:
+            return self._classify_paths(images, "/classify_batch", canary=True)
+
     else:
 
         @bentoml.api(route="/classify")
         def classify(self, image: Path, ctx: bentoml.Context) -> dict[str, Any]:
+            return self._classify_one(image, ctx, canary=False)
+
+        @bentoml.api(route="/classify_canary")
+        def classify_canary(self, image: Path, ctx: bentoml.Context) -> dict[str, Any]:
+            return self._classify_one(image, ctx, canary=True)
+
+        def _classify_one(self, image: Path, ctx: bentoml.Context, canary: bool) -> dict[str, Any]:
             t0 = time.perf_counter()
             model = self._model()  # one read: a swap mid-request cannot mix versions
             try:
                 img = _read(image, self.settings)
             except InputError as exc:
                 raise _http_error(exc) from None
-            answer = self._answer(model, [img], [image], "/classify", t0)[0]
-            ctx.response.headers["X-Model-Version"] = f"{model.name}/{model.version}"
+            answer = self._answer(model, [img], [image], "/classify", t0, canary=canary)[0]
+            ctx.response.headers["X-Model-Version"] = f"{answer['model']['name']}/{answer['model']['version']}"
             ctx.response.headers["X-Request-Id"] = answer["request_id"]
             return answer
 
@@ -212,6 +316,13 @@ class Visionflow:
         # non-batchable list field that carries a single file, and a bad image must be a 4xx.
         @probes.post("/classify_batch")
         def classify_batch(self, images: list[UploadFile] = File(default=[])):
+            return self._classify_uploads(images, canary=False)
+
+        @probes.post("/classify_batch_canary")
+        def classify_batch_canary(self, images: list[UploadFile] = File(default=[])):
+            return self._classify_uploads(images, canary=True)
+
+        def _classify_uploads(self, images: list[UploadFile], canary: bool):
             t0 = time.perf_counter()
             model = self.classifier.current
             if model is None:
@@ -225,8 +336,9 @@ class Visionflow:
                     decoded.append(decode_image(raw[-1], self.settings.max_pixels, self.settings.max_bytes))
                 except InputError as exc:
                     return _json_error(f"images[{i}] ({up.filename}): {exc}", exc.status)
-            answers = self._answer(model, decoded, raw, "/classify_batch", t0)
-            return JSONResponse(answers, headers={"X-Model-Version": f"{model.name}/{model.version}"})
+            answers = self._answer(model, decoded, raw, "/classify_batch", t0, canary=canary)
+            served = answers[0]["model"]
+            return JSONResponse(answers, headers={"X-Model-Version": f"{served['name']}/{served['version']}"})
 
     @bentoml.api(route="/generate")
     def generate(self, n: int = 8, class_name: str | None = None, label: int | None = None, ctx: bentoml.Context = None) -> Image.Image:
@@ -324,6 +436,13 @@ class Visionflow:
         gen = self.generator.current if self.generator else None
         if gen is not None:
             out["generator"] = gen.lineage()
+        stage = rollout.STATE.stage
+        out["rollout"] = None if stage is None else {"stage": stage.mode, "challenger": {"name": stage.name, "version": stage.version},
+                                                     "percent": stage.percent if stage.mode == "canary" else None,
+                                                     "shadow_sample": stage.shadow_sample if stage.mode == "shadow" else None,
+                                                     "shadow_dropped": rollout.STATE.dropped}  # fmt: skip
+        if rollout.STATE.error:
+            out["rollout_error"] = rollout.STATE.error
         return out
 
 
@@ -336,3 +455,5 @@ if not HAS_TORCH:  # the slim image: the GAN and gradients need torch
 Visionflow.add_asgi_middleware(MultipartGuard, fields={"/classify": ("image", False), "/classify_batch": ("images", True), "/explain": ("image", False)})
 if SETTINGS.batching:
     Visionflow.add_asgi_middleware(BatchAnswers, one="/classify", many="/classify_batch")
+if SETTINGS.rollout:  # innermost: the outer middlewares see the path the client sent
+    Visionflow.add_asgi_middleware(rollout.CanaryRouter)

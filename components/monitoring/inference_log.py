@@ -9,11 +9,12 @@ rows (oldest go first); kept images (off by default) at most `keep_images_mb`, o
 from __future__ import annotations
 
 import json
+import math
 import random
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 SCHEMA = """
@@ -43,9 +44,28 @@ CREATE TABLE IF NOT EXISTS monitor_decisions (
     ts REAL NOT NULL, model_name TEXT, model_version TEXT, n INTEGER, score REAL, live_accuracy REAL,
     retrain INTEGER NOT NULL, reason TEXT NOT NULL, report TEXT
 );
+CREATE TABLE IF NOT EXISTS rollout_log (       -- a rollout's evidence (components/delivery/rollout.py)
+    request_id TEXT NOT NULL,       -- shadow: the served request's id; canary: the id the client got
+    ts REAL NOT NULL,
+    mode TEXT NOT NULL,             -- shadow | canary (the challenger's attempts) | champion (a champion failure during a rollout)
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    predicted TEXT,                 -- NULL when it failed
+    confidence REAL,
+    latency_ms REAL,
+    error TEXT,                     -- the failure, one line; NULL when it answered
+    PRIMARY KEY (request_id, model_version)
+);
+CREATE INDEX IF NOT EXISTS rollout_log_ts ON rollout_log (ts);
+CREATE TABLE IF NOT EXISTS rollout_decisions (
+    ts REAL NOT NULL, model_name TEXT NOT NULL, champion_version TEXT, challenger_version TEXT NOT NULL,
+    stage TEXT NOT NULL, verdict TEXT NOT NULL, reason TEXT NOT NULL, numbers TEXT NOT NULL    -- numbers: JSON
+);
 """
 COLUMNS = ("request_id", "ts", "endpoint", "model_name", "model_version", "data_version", "predicted", "confidence",
            "width", "height", "channels", "brightness", "contrast", "latency_ms", "image_path", "image_bytes")  # fmt: skip
+ROLLOUT_COLUMNS = ("request_id", "ts", "mode", "model_name", "model_version", "predicted", "confidence", "latency_ms", "error")
+ROLLOUT_MODES = ("shadow", "canary", "champion")
 
 
 class FeedbackError(ValueError):
@@ -62,6 +82,76 @@ class Feedback:
     model_version: str
     live_accuracy: float  # this model version's accuracy over all its feedback so far
     n_feedback: int
+
+
+def p95(values: list[float]) -> float | None:
+    """Nearest-rank 95th percentile (an observed value; None for no values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return float(ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)])
+
+
+@dataclass(frozen=True)
+class VersionStats:
+    """One model version's side of a rollout window. Latency: the answered requests' (failures
+    count in the error rate only); live accuracy: over the answers that got feedback."""
+
+    model_name: str
+    model_version: str
+    requests: int = 0
+    errors: int = 0
+    p95_latency_ms: float | None = None
+    labelled: int = 0
+    correct: int = 0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def live_accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "error_rate": self.error_rate, "live_accuracy": self.live_accuracy}
+
+
+@dataclass(frozen=True)
+class PairedCounts:
+    """Shadowed requests whose served (champion) answer got feedback: the label is the true class
+    of the image, so it scores both versions on the same request."""
+
+    both_right: int = 0
+    champion_only: int = 0  # champion right, challenger wrong
+    challenger_only: int = 0  # challenger right, champion wrong
+    both_wrong: int = 0
+
+    @property
+    def n(self) -> int:
+        return self.both_right + self.champion_only + self.challenger_only + self.both_wrong
+
+
+@dataclass(frozen=True)
+class RolloutWindow:
+    """What the inference log holds about a rollout since `since` (`InferenceLog.rollout_window`)."""
+
+    since: float
+    until: float
+    mode: str | None  # shadow | canary: how the challenger met traffic (None: not yet)
+    champion: VersionStats
+    challenger: VersionStats
+    paired: PairedCounts = PairedCounts()
+    shadowed: int = 0  # shadow requests both versions answered
+    agreed: int = 0  # ... with the same class
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed / self.shadowed if self.shadowed else None
+
+    def as_dict(self) -> dict:
+        return {"since": self.since, "until": self.until, "mode": self.mode, "champion": self.champion.as_dict(), "challenger": self.challenger.as_dict(),
+                "paired": asdict(self.paired), "shadowed": self.shadowed, "agreed": self.agreed, "agreement": self.agreement}  # fmt: skip
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -85,6 +175,7 @@ class InferenceLog:
         self._con = connect(self.path)
         self._lock = threading.Lock()  # one connection, several request threads
         self._writes = 0
+        self._rollout_writes = 0
         self._known_models: set[tuple[str, str]] = set()
 
     def sampled(self) -> bool:
@@ -204,7 +295,7 @@ class InferenceLog:
 
     def absorb(self, other: Path) -> int:
         """Merge another inference log (a pod's file, copied from its volume) into this one: its
-        predictions, their feedback (the later label wins) and class sets. Idempotent by request id;
+        predictions, their feedback (the later label wins), class sets and rollout evidence. Idempotent by request id;
         returns how many predictions were added or got newer feedback."""
         if not Path(other).is_file():
             raise FileNotFoundError(f"{other}: no such inference log")
@@ -220,6 +311,9 @@ class InferenceLog:
                     f"WHERE EXISTS (SELECT 1 FROM pod.predictions q WHERE q.request_id = predictions.request_id AND {newer})"
                 ).rowcount
                 self._con.execute("INSERT OR IGNORE INTO models SELECT * FROM pod.models")
+                if self._con.execute("SELECT 1 FROM pod.sqlite_master WHERE name = 'rollout_log'").fetchone():  # a pod's rollout evidence
+                    cols_r = ", ".join(ROLLOUT_COLUMNS)
+                    self._con.execute(f"INSERT OR IGNORE INTO rollout_log ({cols_r}) SELECT {cols_r} FROM pod.rollout_log")
                 self._con.execute("COMMIT")
             except Exception:
                 self._con.execute("ROLLBACK")
@@ -227,6 +321,103 @@ class InferenceLog:
             finally:
                 self._con.execute("DETACH DATABASE pod")
         return added + updated
+
+    def record_rollout(self, rows: list[dict]) -> None:
+        """Append a rollout's evidence (dicts with ROLLOUT_COLUMNS' keys) in one transaction: each
+        challenger attempt (mode shadow or canary, its answer or its error) and each champion
+        failure during a rollout (mode champion)."""
+        if not rows:
+            return
+        bad = {r.get("mode") for r in rows} - set(ROLLOUT_MODES)
+        if bad:
+            raise ValueError(f"rollout_log mode must be one of {', '.join(ROLLOUT_MODES)} (got {', '.join(map(str, bad))})")
+        with self._lock:
+            self._con.execute("BEGIN")
+            try:
+                self._con.executemany(f"INSERT OR REPLACE INTO rollout_log ({', '.join(ROLLOUT_COLUMNS)}) VALUES ({', '.join('?' * len(ROLLOUT_COLUMNS))})",
+                                      [tuple(r.get(c) for c in ROLLOUT_COLUMNS) for r in rows])  # fmt: skip
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._rollout_writes += len(rows)
+            if self._rollout_writes >= 1000:  # bounded like predictions: max_rows, oldest first
+                self._rollout_writes = 0
+                (n,) = self._con.execute("SELECT COUNT(*) FROM rollout_log").fetchone()
+                if n > self.max_rows:
+                    cut = self._con.execute("SELECT ts FROM rollout_log ORDER BY ts LIMIT 1 OFFSET ?", (n - self.max_rows,)).fetchone()
+                    self._con.execute("DELETE FROM rollout_log WHERE ts < ?", cut)
+
+    def rollout_window(self, since: float, champion: tuple[str, str], challenger: tuple[str, str]) -> RolloutWindow:
+        """Both versions' numbers since `since`. Champion: its served predictions + its failures
+        logged during the rollout. Challenger: its rollout_log rows; its labels come from the
+        predictions row of the same request id — in canary the challenger's own served answer, in
+        shadow the champion's (the feedback on the served answer is the image's true class, so it
+        scores both: the paired counts)."""
+        champion, challenger = (champion[0], str(champion[1])), (challenger[0], str(challenger[1]))
+        until = time.time()
+        with self._lock:
+            served = self._con.execute(
+                "SELECT latency_ms, label IS NOT NULL, label = predicted FROM predictions WHERE ts >= ? AND model_name = ? AND model_version = ?",
+                (since, *champion),
+            ).fetchall()
+            (champion_errors,) = self._con.execute(
+                "SELECT COUNT(*) FROM rollout_log WHERE ts >= ? AND mode = 'champion' AND model_name = ? AND model_version = ?", (since, *champion)
+            ).fetchone()
+            attempts = self._con.execute(
+                "SELECT r.mode, r.predicted, r.latency_ms, r.error, p.model_name, p.model_version, p.predicted, p.label "
+                "FROM rollout_log r LEFT JOIN predictions p ON p.request_id = r.request_id "
+                "WHERE r.ts >= ? AND r.mode IN ('shadow', 'canary') AND r.model_name = ? AND r.model_version = ?",
+                (since, *challenger),
+            ).fetchall()
+        champ = VersionStats(*champion, requests=len(served) + champion_errors, errors=champion_errors,
+                             p95_latency_ms=p95([lat for lat, _, _ in served if lat is not None]),
+                             labelled=sum(1 for _, has, _ in served if has), correct=sum(1 for _, has, right in served if has and right))  # fmt: skip
+        errors = labelled = correct = shadowed = agreed = n_shadow = n_canary = 0
+        latencies: list[float] = []
+        pairs = [0, 0, 0, 0]  # both right, champion only, challenger only, both wrong
+        for mode, predicted, latency, error, served_name, served_version, served_predicted, label in attempts:
+            if mode == "canary":
+                n_canary += 1
+            else:
+                n_shadow += 1
+            if error is not None:
+                errors += 1
+                continue
+            if latency is not None:
+                latencies.append(latency)
+            if mode == "canary":
+                if (served_name, served_version) == challenger and label is not None:
+                    labelled, correct = labelled + 1, correct + (predicted == label)
+            elif (served_name, served_version) == champion:
+                shadowed, agreed = shadowed + 1, agreed + (predicted == served_predicted)
+                if label is not None:
+                    labelled, correct = labelled + 1, correct + (predicted == label)
+                    champ_right, chall_right = served_predicted == label, predicted == label
+                    pairs[0 if champ_right and chall_right else 1 if champ_right else 2 if chall_right else 3] += 1
+        mode = "canary" if n_canary > n_shadow else "shadow" if n_shadow else None
+        chall = VersionStats(*challenger, requests=n_shadow + n_canary, errors=errors, p95_latency_ms=p95(latencies), labelled=labelled, correct=correct)
+        return RolloutWindow(since, until, mode, champ, chall, PairedCounts(*pairs), shadowed, agreed)
+
+    def record_rollout_decision(self, *, ts: float, model_name: str, champion_version: str | None, challenger_version: str, stage: str, verdict: str,
+                                reason: str, numbers: dict) -> None:  # fmt: skip
+        """One row of `rollout_decisions`: what the rollout flow decided, with its numbers (JSON)."""
+        with self._lock:
+            self._con.execute("INSERT INTO rollout_decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                              (ts, model_name, champion_version, str(challenger_version), stage, verdict, reason, json.dumps(numbers, default=str)))  # fmt: skip
+
+    def rollout_decisions(self, model_name: str | None = None, challenger_version: str | None = None) -> list[dict]:
+        """Recorded rollout decisions, oldest first (numbers parsed back)."""
+        query, args = "SELECT * FROM rollout_decisions WHERE 1 = 1", []
+        if model_name is not None:
+            query, args = query + " AND model_name = ?", [*args, model_name]
+        if challenger_version is not None:
+            query, args = query + " AND challenger_version = ?", [*args, str(challenger_version)]
+        with self._lock:
+            cur = self._con.execute(query + " ORDER BY ts", args)
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        return [{**r, "numbers": json.loads(r["numbers"])} for r in rows]
 
     def close(self) -> None:
         self._con.close()

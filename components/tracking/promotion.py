@@ -9,6 +9,9 @@ The order is what makes it safe (the flow calls them in this order, each as one 
    champion": the run fails and nothing moves.
 3. the flow builds and verifies the Bento of `decision.serving_version` (components/packaging).
 4. `apply` moves the aliases, last. Any failure before it leaves every alias where it was.
+
+With `selection.rollout.mode` shadow or canary, a gate winner does not take `champion` at once: it
+becomes `challenger` under a rollout (components/delivery/rollout.py) and live traffic decides.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import SelectionConfig
+from components.delivery import rollout
 from components.tracking import mlflow_store as store
 from components.tracking.selection import gate
 
@@ -75,6 +79,9 @@ class SelectionDecision:
     generator_reason: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     best: str = ""
+    rollout: str | None = None  # shadow | canary: the gate winner goes through a rollout instead of `promote`
+    rollout_percent: float = 0.0
+    rollout_shadow_sample: float = 1.0
 
     @property
     def alias(self) -> str:
@@ -153,7 +160,13 @@ def decide(
                                  challenger_accuracy=acc, class_set_changed=True, **common)  # fmt: skip
     champion_correct = paired(uri, data_dir, load)
     d = gate(challenger_correct, champion_correct, margin=cfg.margin, alpha=cfg.alpha)
-    return SelectionDecision(d.promote, d.reason, challenger_accuracy=d.challenger_accuracy, champion_accuracy=d.champion_accuracy, p_value=d.p_value, **common)
+    numbers = {"challenger_accuracy": d.challenger_accuracy, "champion_accuracy": d.champion_accuracy, "p_value": d.p_value}
+    ro = cfg.rollout
+    if d.promote and ro.mode != "off":  # the offline gate is won; live traffic has the last word
+        how = f"{ro.mode} rollout" + (f" at {ro.percent:g} % of clients" if ro.mode == "canary" else "")
+        return SelectionDecision(False, f"{d.reason}; {how} instead of promotion (selection.rollout.mode={ro.mode}): live traffic decides",
+                                 rollout=ro.mode, rollout_percent=ro.percent, rollout_shadow_sample=ro.shadow_sample, **numbers, **common)  # fmt: skip
+    return SelectionDecision(d.promote, d.reason, **numbers, **common)
 
 
 def _short(classes: list[str], n: int = 5) -> str:
@@ -173,8 +186,73 @@ def _decide_generator(reg: Registration) -> tuple[bool, str]:
     return False, f"GAN-test {reg.generator_score:.4f} <= {score:.4f} (v{current} kept)"
 
 
-def apply(decision: SelectionDecision) -> None:
-    """Move the aliases: the last step of a run, after the Bento of `serving_version` was verified."""
-    if decision.promote_generator and decision.generator_version:
-        store.set_alias(store.GENERATOR_MODEL, store.GENERATOR, decision.generator_version, reason=decision.generator_reason)
-    store.set_alias(store.CLASSIFIER_MODEL, decision.alias, decision.classifier_version, reason=decision.reason)
+def apply(decision: SelectionDecision) -> list[dict[str, Any]]:
+    """Move the aliases: the last step of a run, after the Bento of `serving_version` was verified.
+    A rollout under way keeps @challenger from a version that merely lost the gate; a gate winner
+    (promoted, or rolled out with supersede) ends it. Returns what became of each version this run
+    registered, with its reason (the run's summary)."""
+    out: list[dict[str, Any]] = []
+    if decision.generator_version:
+        if decision.promote_generator:
+            store.set_alias(store.GENERATOR_MODEL, store.GENERATOR, decision.generator_version, reason=decision.generator_reason)
+        out.append(_outcome(store.GENERATOR_MODEL, decision.generator_version, "@generator" if decision.promote_generator else "not @generator",
+                            decision.generator_reason))  # fmt: skip
+    name, version = store.CLASSIFIER_MODEL, decision.classifier_version
+    running = rollout.active(name)
+    if decision.rollout:
+        rollout.start(version, decision.rollout, decision.rollout_percent, decision.rollout_shadow_sample, reason=decision.reason, supersede=True, name=name)
+        outcome = f"@challenger, {decision.rollout} rollout started" + (
+            f" (superseding v{running.version}'s)" if running and running.version != version else ""
+        )
+    elif decision.promote:
+        store.set_alias(name, store.CHAMPION, version, reason=decision.reason)
+        outcome = "@champion"
+        if running is not None and running.version != version:  # compared with a champion that no longer serves
+            rollout.abort(f"superseded: champion moved to v{version} by a pipeline run ({decision.reason})", name=name)
+            outcome += f" (v{running.version}'s rollout ended)"
+    elif running is not None and running.version != version:
+        held = f"{decision.reason}; @challenger stays with v{running.version}, under a {running.stage} rollout"
+        store._registry_call(f"tag {name} v{version}", store.client().set_model_version_tag, name, version, "challenger_reason", held[:5000])
+        outcome = f"registered only (v{running.version} is under rollout)"
+    else:
+        store.set_alias(name, store.CHALLENGER, version, reason=decision.reason)
+        outcome = "@challenger"
+    out.insert(0, _outcome(name, version, outcome, decision.reason, best=decision.best))
+    return out
+
+
+def _outcome(model: str, version: str, outcome: str, reason: str, best: str = "") -> dict[str, Any]:
+    return {"model": model, "version": str(version), "outcome": outcome, "reason": reason, "best": best}
+
+
+ALIASES = ((store.CLASSIFIER_MODEL, store.CHAMPION), (store.CLASSIFIER_MODEL, store.CHALLENGER), (store.GENERATOR_MODEL, store.GENERATOR))
+
+
+def alias_holders() -> list[dict[str, Any]]:
+    """Who holds each alias now, since when and why (the `<alias>_since` / `<alias>_reason` tags
+    set_alias wrote), and the challenger's rollout stage."""
+    out = []
+    for model, alias in ALIASES:
+        version = store.alias_version(model, alias)
+        tags = store.version_tags(model, version) if version else {}
+        stage = tags.get(rollout.STAGE) if alias == store.CHALLENGER and tags.get(rollout.STAGE) in rollout.LIVE_STAGES else None
+        out.append({"model": model, "alias": alias, "version": version, "since": tags.get(f"{alias}_since"), "reason": tags.get(f"{alias}_reason"),
+                    "rollout": stage})  # fmt: skip
+    return out
+
+
+def summary_lines(aliases: list[dict[str, Any]], registered: list[dict[str, Any]]) -> list[str]:
+    """The run's summary: who holds each alias after the run, then what this run registered — each with its reason."""
+    lines = []
+    for a in aliases:
+        if a["version"] is None:
+            lines.append(f"{a['alias']:<13}: none")
+            continue
+        live = f"; {a['rollout']} rollout under way (`visionflow rollout status`)" if a.get("rollout") else ""
+        why = f" since {a['since']}" if a.get("since") else ""
+        why += f": {a['reason']}" if a.get("reason") else ""
+        lines.append(f"{a['alias']:<13}: {a['model']} v{a['version']}  (models:/{a['model']}@{a['alias']}{live}){why}")
+    for r in registered:
+        best = f" ({r['best']}, best on validation)" if r.get("best") else ""
+        lines.append(f"this run     : {r['model']} v{r['version']}{best} → {r['outcome']}: {r['reason'] or '-'}")
+    return lines
