@@ -9,18 +9,23 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_serializer, model_validator
+
+from components.errors import VisionflowError
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 BUNDLED_MNIST = "bundled:mnist_5k"
 
 
-class ConfigError(ValueError):
+class ConfigError(VisionflowError, ValueError):
     """A bad params file, profile or override; the message is one actionable line."""
+
+    exit_code = 2
 
 
 class _Strict(BaseModel):
@@ -95,7 +100,7 @@ class EngineConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """One classifier's recipe (see ../shared/CALIBRATION.md for what helped on MNIST-5k)."""
+    """One classifier's recipe: optimiser, schedule, augmentation, robustness training, early stopping."""
 
     epochs: int | Literal["auto"] = Field(30, description="auto: 30 for gray (digit-style) data, 60 for RGB photos (small photo sets need more updates)")
     batch_size: int | Literal["auto"] = Field(128, description="auto: 128 for gray (digit-style) data, 32 for RGB photos")
@@ -186,20 +191,49 @@ def resolve_gan_recipe(cfg: GanTrainConfig, channels: int) -> GanTrainConfig:
 
 
 class ClassifierFamily(_Strict):
+    """A `classifier` family: a registered model (images → logits) and its training recipe."""
+
+    kind: Literal["classifier"] = Field("classifier", exclude=True, description="from the model's registration; not written in params.yaml")
     enabled: bool = True
-    model: str
-    hparams: dict[str, Any] = {}
+    model: str = Field(description="a registered model name (default: the family's key) or torchvision:<arch>")
+    module: str | None = Field(
+        None,
+        description="the module that registers `model` when it lives outside components/models/ (a dotted name, importable or under the params file's folder)",
+    )
+    hparams: dict[str, Any] = Field({}, description="keyword arguments of the model's builder")
     train: TrainConfig = TrainConfig()
+
+    @model_serializer(mode="wrap")
+    def _without_unset_module(self, handler: Any) -> dict[str, Any]:
+        return _drop_none_module(handler(self))
 
 
 class GanFamily(_Strict):
+    """A `generator` family: a class-conditional GAN and its recipe."""
+
+    kind: Literal["generator"] = Field("generator", exclude=True, description="from the model's registration; not written in params.yaml")
     enabled: bool = True
-    model: str = "gan"
+    model: str = Field("gan", description="a registered generator model (default: the family's key)")
+    module: str | None = Field(None, description="the module that registers `model` when it lives outside components/models/")
     hparams: dict[str, Any] = {}
     train: GanTrainConfig = GanTrainConfig()
 
+    @model_serializer(mode="wrap")
+    def _without_unset_module(self, handler: Any) -> dict[str, Any]:
+        return _drop_none_module(handler(self))
+
+
+def _drop_none_module(dumped: Any) -> Any:
+    # `module` is written only when set, so the dumps (params hash, cache keys) of families without one are unchanged
+    if isinstance(dumped, dict) and dumped.get("module", 0) is None:
+        dumped.pop("module")
+    return dumped
+
 
 class DecisionFusionFamily(_Strict):
+    """A `fusion` family: y = α·f1(x) + (1−α)·f2(x) over two trained classifier families."""
+
+    kind: Literal["fusion"] = Field("fusion", exclude=True, description="from the model's registration; not written in params.yaml")
     enabled: bool = True
     members: tuple[str, str] = ("cnn", "cnn_lstm")  # keys of `models`
     alpha_steps: int = Field(21, ge=2, description="α grid on [0, 1], chosen on the validation split")
@@ -210,17 +244,99 @@ class DecisionFusionFamily(_Strict):
     )
 
 
-class ModelsConfig(_Strict):
-    cnn: ClassifierFamily = ClassifierFamily(model="cnn")
-    rnn: ClassifierFamily = ClassifierFamily(model="rnn", train=TrainConfig(grad_clip=1.0))
-    cnn_lstm: ClassifierFamily = ClassifierFamily(model="cnn_lstm", train=TrainConfig(grad_clip=1.0))
-    feature_fusion: ClassifierFamily = ClassifierFamily(model="feature_fusion", enabled=False, train=TrainConfig(grad_clip=1.0))
-    gan: GanFamily = GanFamily()
-    decision_fusion: DecisionFusionFamily = DecisionFusionFamily()
+KIND_MODELS: dict[str, type[BaseModel]] = {"classifier": ClassifierFamily, "generator": GanFamily, "fusion": DecisionFusionFamily}
+Family = Annotated[ClassifierFamily | GanFamily | DecisionFusionFamily, Field(discriminator="kind")]
+_PARAMS_DIR: ContextVar[Path | None] = ContextVar("visionflow_params_dir", default=None)
+
+
+def _model_name(key: str, block: dict[str, Any]) -> str:
+    return str(block.get("model") or key)
+
+
+class ModelsConfig(RootModel[dict[str, Family]]):
+    """`models:` — family key → block, validated by the pydantic model of the family's kind (the
+    kind its model declares in the registry, components/models/). Every model registered in
+    components/models/ is a family with its registered defaults; params.yaml's blocks merge over them
+    and may add families (another key naming a registered model, or a `module:` that registers one)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kinds_and_defaults(cls, data: Any) -> Any:
+        from components.models import import_family_module, list_models, model_entry
+
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            return data
+        out: dict[str, Any] = {}
+        for key in [*data, *(m for m in list_models(builtin_only=True) if m not in data)]:
+            block = data.get(key, {})
+            if block is None:
+                block = {}
+            if not isinstance(block, dict):
+                out[key] = block
+                continue
+            if isinstance(block.get("module"), str):
+                try:
+                    import_family_module(block["module"], _PARAMS_DIR.get())
+                except ImportError as exc:
+                    raise ValueError(f"models.{key}.module: cannot import {block['module']!r} ({exc})") from None
+            entry = model_entry(_model_name(key, block))
+            if entry is None:
+                out[key] = {k: v for k, v in block.items() if k != "kind"}  # no kind: reported as an unknown key
+                continue
+            merged = _deep_merge(entry.defaults, block)
+            merged["kind"] = entry.kind
+            if entry.kind != "fusion":
+                merged.setdefault("model", entry.name)
+            out[key] = merged
+        return out
+
+    @model_validator(mode="after")
+    def _one_generator(self) -> "ModelsConfig":
+        gens = list(self.generators())
+        if len(gens) > 1:
+            raise ValueError(f"at most one generator family may be enabled (got {', '.join(gens)})")
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        root = self.__dict__.get("root")
+        if not name.startswith("_") and root is not None and name in root:
+            return root[name]
+        return super().__getattr__(name)  # type: ignore[misc]
+
+    def __getitem__(self, key: str) -> ClassifierFamily | GanFamily | DecisionFusionFamily:
+        return self.root[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.root
+
+    def get(self, key: str) -> ClassifierFamily | GanFamily | DecisionFusionFamily | None:
+        return self.root.get(key)
+
+    def keys(self) -> list[str]:
+        return list(self.root)
+
+    def _enabled(self, kind: str) -> dict[str, Any]:
+        return {k: f for k, f in self.root.items() if f.kind == kind and f.enabled}
 
     def classifiers(self) -> dict[str, ClassifierFamily]:
         """The enabled trainable classifiers, by key."""
-        return {k: getattr(self, k) for k in ("cnn", "rnn", "cnn_lstm", "feature_fusion") if getattr(self, k).enabled}
+        return self._enabled("classifier")
+
+    def generators(self) -> dict[str, GanFamily]:
+        """The enabled generator families (at most one), by key."""
+        return self._enabled("generator")
+
+    def fusions(self) -> dict[str, DecisionFusionFamily]:
+        """The enabled fusion families, by key."""
+        return self._enabled("fusion")
+
+    @classmethod
+    def defaults(cls) -> "ModelsConfig":
+        return cls.model_validate({})
 
 
 class EvaluationConfig(_Strict):
@@ -310,7 +426,7 @@ class Config(_Strict):
     data: DataConfig = DataConfig()
     validation: ValidationConfig = ValidationConfig()
     engine: EngineConfig = EngineConfig()
-    models: ModelsConfig = ModelsConfig()
+    models: ModelsConfig = Field(default_factory=ModelsConfig.defaults, description="family key → block; the block's kind comes from its model's registration")
     evaluation: EvaluationConfig = EvaluationConfig()
     tracking: TrackingConfig = TrackingConfig()
     selection: SelectionConfig = SelectionConfig()
@@ -346,23 +462,50 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the model at `loc` (the parent of a rejected key)."""
+def _allowed_keys(loc: tuple[Any, ...], tree: dict[str, Any]) -> list[str]:
+    """Field names of the model at `loc` (the parent of a rejected key); under `models.<key>` the
+    family's kind model (the discriminator tag is already taken out of `loc`)."""
     model: type[BaseModel] = Config
-    for part in loc:
-        field = model.model_fields.get(str(part))
+    parts = list(loc)
+    while parts:
+        part = str(parts.pop(0))
+        if issubclass(model, ModelsConfig):
+            block = (tree.get("models") or {}).get(part)
+            from components.models import model_entry
+
+            entry = model_entry(_model_name(part, block if isinstance(block, dict) else {}))
+            if entry is None:
+                return []
+            model = KIND_MODELS[entry.kind]
+            continue
+        field = model.model_fields.get(part)
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return []
         model = field.annotation
-    return list(model.model_fields)
+    if issubclass(model, ModelsConfig):
+        return _family_keys(tree)
+    return [f for f in model.model_fields if f != "kind"]
 
 
-def _one_line(err: ValidationError, origin: str) -> str:
+def _family_keys(tree: dict[str, Any]) -> list[str]:
+    from components.models import list_models, model_entry
+
+    given = [k for k, b in (tree.get("models") or {}).items() if model_entry(_model_name(k, b if isinstance(b, dict) else {})) is not None]
+    return [*given, *(m for m in list_models(builtin_only=True) if m not in given)]
+
+
+def _one_line(err: ValidationError, origin: str, tree: dict[str, Any] | None = None) -> str:
     first = err.errors()[0]
     loc = tuple(first["loc"])
+    if len(loc) >= 3 and loc[0] == "models" and loc[2] in KIND_MODELS:
+        loc = loc[:2] + loc[3:]  # the kind tag of the family union is not a key anyone wrote
     key = ".".join(str(p) for p in loc) or "<root>"
+    if first["type"] in ("union_tag_not_found", "union_tag_invalid") and len(loc) == 2 and loc[0] == "models":
+        allowed = ", ".join(_family_keys(tree or {}))
+        return (f"{origin}: unknown key '{key}' (allowed here: {allowed}; a new family names a registered model with `model:`, "
+                f"or the module that registers it with `module:`)")  # fmt: skip
     if first["type"] == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(loc[:-1]))
+        allowed = ", ".join(_allowed_keys(loc[:-1], tree or {}))
         return f"{origin}: unknown key '{key}' (allowed here: {allowed})"
     msg = first["msg"].removeprefix("Value error, ")
     return f"{origin}: bad value for '{key}': {msg} (got {first.get('input')!r})"
@@ -412,7 +555,10 @@ def load_config(
         _set_dotted(tree, key, value)
     if overrides:
         origin = f"{origin} + --set"
+    token = _PARAMS_DIR.set(Path(params_file).resolve().parent if params_file is not None else None)
     try:
         return Config.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(_one_line(err, origin)) from None
+        raise ConfigError(_one_line(err, origin, tree)) from None
+    finally:
+        _PARAMS_DIR.reset(token)

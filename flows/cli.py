@@ -8,8 +8,23 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
+
+from components.errors import VisionflowError
+
+
+class _Group(TyperGroup):
+    """The one place a visionflow error (components/errors.py) becomes one red line and its exit code, for every command."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except VisionflowError as exc:
+            _fail(str(exc), exc.exit_code)
+
 
 app = typer.Typer(
+    cls=_Group,
     help="visionflow: image recognition from training data to a served model (Prefect, DVC, GX, MLflow, BentoML).",
     no_args_is_help=True,
     add_completion=False,
@@ -41,13 +56,10 @@ def _fail(message: str, code: int = 1) -> None:
 
 def _setup(root: Path, profile: str, overrides: list[str] | None):
     """Resolve the config once (fail before any work), then point every tool's state into the workspace."""
-    from components.config import ConfigError, load_config
+    from components.config import load_config
     from components.workspace import Workspace
 
-    try:
-        cfg = load_config(root / "params.yaml", profile, overrides or [])
-    except ConfigError as exc:
-        _fail(str(exc), 2)
+    cfg = load_config(root / "params.yaml", profile, overrides or [])  # a ConfigError: one line, exit 2 (_Group)
     ws = Workspace.for_config(root, cfg)
     ws.activate()
     return cfg, ws
@@ -236,13 +248,10 @@ def reproduce(
     from components.data.versioning import git_commit
     from components.lineage import code_version
     from components.tracking import mlflow_store as store
-    from components.tracking.reproduce import ReproduceError, compare, load_record
+    from components.tracking.reproduce import compare, load_record
 
     store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
-    try:
-        rec = load_record(run_id)
-    except ReproduceError as exc:
-        _fail(str(exc))
+    rec = load_record(run_id)
     out = Console(soft_wrap=True)
     now_commit, now_code = git_commit(ws.root), code_version()
     if rec.code_version == now_code:
@@ -449,8 +458,7 @@ def package(
 ) -> None:
     """Import the champion (and generator) into the BentoML store and build a Bento; with --image, an OCI image of it (--push: into a registry)."""
     cfg, ws = _setup(root, "default", None)
-    from components.packaging.bento import FLAVOURS, PackagingError
-    from components.packaging.onnx_export import ExportError
+    from components.packaging.bento import FLAVOURS
     from components.tracking import mlflow_store as store
 
     flavour = flavour or ("slim" if image else "full")
@@ -464,7 +472,7 @@ def package(
 
         try:
             res = build(ws, classifier_version=version, flavour=flavour)
-        except (LookupError, PackagingError, ExportError) as exc:
+        except LookupError as exc:
             _fail(str(exc))
         typer.secho(f"bento        : {res.bento_tag}", fg=typer.colors.GREEN)
         for role, mtag in res.model_tags.items():
@@ -473,12 +481,12 @@ def package(
         typer.echo(f"serve it     : BENTOML_HOME={ws.bentoml_home} bentoml serve {res.bento_tag}")
         typer.echo("image        : visionflow package --image [--push REGISTRY/REPO]")
         return
-    from components.packaging.image import ImageError, release_image
+    from components.packaging.image import release_image
 
     try:
         rel = release_image(ws, flavour=flavour, builder=builder, base_image=base_image, base_from_debian=base_image_from_debian, ref=tag, push=push,
                             version=version)  # fmt: skip
-    except (LookupError, PackagingError, ExportError, ImageError) as exc:
+    except LookupError as exc:
         _fail(str(exc))
     b = rel.build
     typer.secho(
@@ -544,10 +552,7 @@ def promote(
     from components.tracking import mlflow_store as store
 
     store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
-    try:
-        target = store.promote(name, version)
-    except store.PromotionError as exc:
-        _fail(str(exc))
+    target = store.promote(name, version)
     typer.secho(f"champion is now {store.CLASSIFIER_MODEL} v{target} (from {name} v{version})", fg=typer.colors.GREEN)
 
 
@@ -565,7 +570,7 @@ def deploy_manifests(
     """Write Kubernetes YAML for the champion (Deployment by digest, Service, HPA, PDB, ConfigMap, PVC, kustomization), validated against the schemas."""
     cfg, ws = _setup(root, "default", None)
     from components.delivery.deploy import champion_manifests
-    from components.delivery.manifests import K8S_VERSION, ManifestError, ManifestOptions
+    from components.delivery.manifests import K8S_VERSION, ManifestOptions
     from components.tracking import mlflow_store as store
 
     store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
@@ -573,8 +578,8 @@ def deploy_manifests(
         plan = champion_manifests(
             out, ManifestOptions(name=name, namespace=namespace, replicas=replicas), image=image, flavour=flavour, podman_port=podman_port
         )
-    except (LookupError, ManifestError) as exc:
-        _fail(str(exc), 2 if isinstance(exc, ManifestError) else 1)
+    except LookupError as exc:
+        _fail(str(exc))
     typer.secho(f"manifests    : {out}/ ({', '.join(p.name for p in plan.files)}), valid for Kubernetes {K8S_VERSION}", fg=typer.colors.GREEN)
     typer.echo(f"serves       : {plan.model_name} v{plan.model_version} (champion), image {plan.image} ({plan.flavour})")
     typer.echo(
@@ -593,15 +598,12 @@ def deploy_play(
     """Run the manifests on this machine with `podman kube play` (needs VISIONFLOW_API_KEY) and wait until the pod is ready."""
     import os
 
-    from components.delivery.podman import PlayError, play
+    from components.delivery.podman import play
 
     key = os.environ.get("VISIONFLOW_API_KEY")
     if not key:
         _fail("the pod requires an API key: export VISIONFLOW_API_KEY=<a long random secret> (clients send 'Authorization: Bearer <key>')", 2)
-    try:
-        pods, seconds = play(out, key, ready_url=f"http://127.0.0.1:{port}/readyz", timeout=timeout)
-    except PlayError as exc:
-        _fail(str(exc))
+    pods, seconds = play(out, key, ready_url=f"http://127.0.0.1:{port}/readyz", timeout=timeout)
     typer.secho(f"ready        : {', '.join(pods)} on http://127.0.0.1:{port} after {seconds:.1f} s", fg=typer.colors.GREEN)
     typer.echo(f"stop it      : visionflow deploy down --out {out}")
 
@@ -609,12 +611,9 @@ def deploy_play(
 @deploy_app.command("down")
 def deploy_down(out: Annotated[Path, typer.Option("--out", help="the folder `deploy manifests` wrote")] = Path("deploy")) -> None:
     """Stop the pods of `deploy play` gracefully and remove them (the inference-log volume stays)."""
-    from components.delivery.podman import PlayError, down
+    from components.delivery.podman import down
 
-    try:
-        down(out)
-    except PlayError as exc:
-        _fail(str(exc))
+    down(out)
     typer.secho(f"stopped      : the pods of {out}/podman.yaml (volume kept: podman volume ls)", fg=typer.colors.GREEN)
 
 
@@ -625,13 +624,10 @@ def deploy_registry(
 ) -> None:
     """Serve a real OCI registry (Debian's docker-registry) on 127.0.0.1, its blobs in the workspace; Ctrl-C stops it."""
     cfg, ws = _setup(root, "default", None)
-    from components.delivery.registry import RegistryError, registry_command
+    from components.delivery.registry import registry_command
     from components.process import run_server
 
-    try:
-        cmd = registry_command(ws.home / "registry", port)
-    except RegistryError as exc:
-        _fail(str(exc))
+    cmd = registry_command(ws.home / "registry", port)
     typer.echo(f"registry on 127.0.0.1:{port} (blobs in {ws.home / 'registry'}); push with: visionflow package --image --push 127.0.0.1:{port}/visionflow")
     raise typer.Exit(run_server(cmd))
 

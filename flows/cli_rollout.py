@@ -35,14 +35,8 @@ def _when(ts: float | None) -> str:
 
 
 def _call(fn, *args, **kwargs):
-    """A registry operation; its refusal (RolloutError) or an outage (RegistryError) is one line, exit 1."""
-    from components.delivery.rollout import RolloutError
-    from components.tracking.mlflow_store import RegistryError
-
-    try:
-        return fn(*args, **kwargs)
-    except (RolloutError, RegistryError) as exc:
-        _fail(str(exc))
+    """A registry operation; its refusal (RolloutError) or an outage (RegistryError) is a VisionflowError: one line, exit 1 (flows.cli._Group)."""
+    return fn(*args, **kwargs)
 
 
 def _evidence(res: dict) -> None:

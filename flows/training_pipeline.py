@@ -138,18 +138,19 @@ def train_classifier_task(key: str, cfg: Config, data_dir: str, models_dir: str,
 
 
 @task(name="train-gan", cache_key_fn=_by_cache_key, persist_result=True)
-def train_gan_task(cfg: Config, data_dir: str, models_dir: str, cache_key: str, tracking_uri: str, exp_id: str, parent_id: str, lineage: dict,
+def train_gan_task(key: str, cfg: Config, data_dir: str, models_dir: str, cache_key: str, tracking_uri: str, exp_id: str, parent_id: str, lineage: dict,
                    fresh: bool = False) -> dict:  # fmt: skip
     store.use_tracking_uri(tracking_uri)
-    fam = cfg.models.gan
+    fam = cfg.models[key]
     out = Path(models_dir) / cache_key
-    tags = {**lineage, "family": "gan", "model": fam.model, "cache_key": cache_key, "trained_on": _this_process()}
-    resumed = _resume_point(out, "gan", fresh, tags)
-    run_id = store.start_run(exp_id, "gan", tags, _family_params(fam), parent_id)
+    tags = {**lineage, "family": family_of(fam.model), "model": fam.model, "cache_key": cache_key, "trained_on": _this_process()}
+    resumed = _resume_point(out, key, fresh, tags)
+    run_id = store.start_run(exp_id, key, tags, _family_params(fam), parent_id)
 
     with store.active_run(run_id, log_system_metrics=True):
-        result = runner.train_gan(fam, cfg.engine, Path(data_dir), out, resume=resumed is not None, on_epoch_end=store.EpochLogger(run_id), data=cfg.data)
-    history_path = out / "gan" / "history.json"
+        result = runner.train_gan(fam, cfg.engine, Path(data_dir), out, resume=resumed is not None, on_epoch_end=store.EpochLogger(run_id), data=cfg.data,
+                                  key=key)  # fmt: skip
+    history_path = out / key / "history.json"
     history_path.write_text(json.dumps(result["history"]))
     return {**{k: v for k, v in result.items() if k != "history"}, "run_id": run_id, "history_path": str(history_path),
             "parent_id": parent_id, "cache_key": cache_key}  # fmt: skip
@@ -160,7 +161,7 @@ def adopt_cached_task(trained: dict, cfg: Config, exp_id: str, parent_id: str, l
     """A family served from the cache gets a nested run in this pipeline run that points at the run
     that trained it (tag `cached_from`), so this run's report and registry entries stay complete."""
     key = trained["key"]
-    fam = cfg.models.gan if key == "gan" else cfg.models.classifiers()[key]
+    fam = cfg.models[key]
     run_id = store.start_run(exp_id, key, {**lineage, "family": trained["family"], "model": fam.model, "cache_key": trained["cache_key"],
                                            "cached_from": trained["run_id"]}, _family_params(fam), parent_id)  # fmt: skip
     if "val_acc" in trained:
@@ -170,15 +171,15 @@ def adopt_cached_task(trained: dict, cfg: Config, exp_id: str, parent_id: str, l
 
 
 @task(name="decision-fusion", cache_policy=NO_CACHE)
-def fuse_task(cfg: Config, member_paths: dict[str, str], data_dir: str, run_dir: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
-    fam = cfg.models.decision_fusion
-    run_id = store.start_run(exp_id, "decision_fusion", {**lineage, "family": "hybrid", "model": "decision_fusion"},
+def fuse_task(key: str, cfg: Config, member_paths: dict[str, str], data_dir: str, run_dir: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
+    fam = cfg.models[key]
+    run_id = store.start_run(exp_id, key, {**lineage, "family": "hybrid", "model": "decision_fusion"},
                              {"members": json.dumps(list(fam.members)), "alpha_steps": str(fam.alpha_steps), "calibrate": str(fam.calibrate),
                               "criterion": fam.criterion}, parent_id)  # fmt: skip
-    result = runner.fuse(fam, member_paths, Path(data_dir), Path(run_dir))
+    result = runner.fuse(fam, member_paths, Path(data_dir), Path(run_dir), key=key)
     store.log_metrics(run_id, {"alpha": result["alpha"], "val_acc": result["val_acc"], "temperature_1": result["temperatures"][0],
                                "temperature_2": result["temperatures"][1]})  # fmt: skip
-    get_run_logger().info("decision_fusion: α=%.2f chosen on validation (val acc %.4f)", result["alpha"], result["val_acc"])
+    get_run_logger().info("%s: α=%.2f chosen on validation (val acc %.4f)", key, result["alpha"], result["val_acc"])
     return {**result, "run_id": run_id}
 
 
@@ -199,15 +200,16 @@ def evaluate_gan_task(trained: dict, judge_path: str, cfg: Config, data_dir: str
     import numpy as np
 
     history = json.loads(Path(trained["history_path"]).read_text())
-    cnn_hparams = cfg.models.cnn.hparams if cfg.models.cnn.model == "cnn" else None  # GAN-train uses the configured cnn
-    out = ev.evaluate_gan_file(trained["path"], judge_path, Path(data_dir), Path(run_dir) / "gan" / "evaluation", cfg.evaluation, history,
+    cnn = cfg.models.get("cnn")
+    cnn_hparams = cnn.hparams if cnn is not None and getattr(cnn, "model", None) == "cnn" else None  # GAN-train uses the configured cnn
+    out = ev.evaluate_gan_file(trained["path"], judge_path, Path(data_dir), Path(run_dir) / trained["key"] / "evaluation", cfg.evaluation, history,
                                cnn_hparams=cnn_hparams)  # fmt: skip
     store.log_metrics(trained["run_id"], out["metrics"])
     store.log_artifacts(trained["run_id"], [Path(p) for p in out["images"]], "evaluation")
     gan, spec = runner.load_trained(trained["path"])
     model_uri = store.log_model(trained["run_id"], gan, np.array([0, 1], dtype=np.int64), spec.to_json(),
                                 extra_metadata={"task": "generation"})  # fmt: skip
-    return {**out, "key": "gan", "run_id": trained["run_id"], "model_uri": model_uri}
+    return {**out, "key": trained["key"], "run_id": trained["run_id"], "model_uri": model_uri}
 
 
 @task(name="report", cache_policy=NO_CACHE)
@@ -373,16 +375,18 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
                       here, k, cfg, str(data_dir), models_dir, ck, uri, *run_args, fresh=force)
             for k, ck in keys.items()
         }  # fmt: skip
-        gan_key = family_cache_key("gan", cfg.models.gan, cfg, data.data_version)
-        gan_future = (
-            _start(train_gan_task.with_options(refresh_cache=_must_retrain(force, models_dir, gan_key)),
-                   here, cfg, str(data_dir), models_dir, gan_key, uri, *run_args, fresh=force)
-            if cfg.models.gan.enabled else None
-        )  # fmt: skip
+        gan_future = None
+        for g, gen in cfg.models.generators().items():  # at most one (the config says so)
+            gk = family_cache_key(g, gen, cfg, data.data_version)
+            gan_future = _start(train_gan_task.with_options(task_run_name=f"train-{g}", refresh_cache=_must_retrain(force, models_dir, gk)),
+                                here, g, cfg, str(data_dir), models_dir, gk, uri, *run_args, fresh=force)  # fmt: skip
         trained = {k: _adopt(f.result(), cfg, *run_args) for k, f in futures.items()}
         gan_trained = _adopt(gan_future.result(), cfg, *run_args) if gan_future is not None else None
-        if cfg.models.decision_fusion.enabled and all(m in trained for m in cfg.models.decision_fusion.members):
-            trained["decision_fusion"] = fuse_task(cfg, {k: v["path"] for k, v in trained.items()}, *args)
+        fused = {}
+        for f, fusion in cfg.models.fusions().items():
+            if all(m in trained for m in fusion.members):
+                fused[f] = fuse_task.with_options(task_run_name=f)(f, cfg, {k: v["path"] for k, v in trained.items()}, *args)
+        trained.update(fused)
         evals = [evaluate_task.with_options(task_run_name=f"evaluate-{k}")(t, cfg, str(data_dir), str(run_dir)) for k, t in trained.items()]
         gan_eval = None
         if gan_trained is not None:
@@ -392,10 +396,8 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
         images = {e["key"]: e["images"] for e in evals + ([gan_eval] if gan_eval else [])}
         notes = [f"data version {data.data_version}; params hash {lineage['params_hash']}; MLflow parent run {parent}",
                  "accuracy etc. on the test split; the best model is chosen on validation, the champion gate compares on the test split"]  # fmt: skip
-        if "decision_fusion" in trained:
-            notes.append(
-                f"decision fusion α={trained['decision_fusion']['alpha']:.2f} over {', '.join(cfg.models.decision_fusion.members)} (chosen on validation)"
-            )
+        for f, res in fused.items():
+            notes.append(f"{f.replace('_', ' ')} α={res['alpha']:.2f} over {', '.join(cfg.models[f].members)} (chosen on validation)")
         report = report_task(rows, images, notes, str(ws.reports_dir / parent), str(ws.reports_dir / "latest"), parent)
         selection, bento, registered = None, None, []
         if promote:
@@ -419,7 +421,7 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
         _markdown_artifact(table, selection, uri, parent)
     champion = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION) if promote else None
     aliases = promotion.alias_holders() if promote else []
-    cached = sorted(k for k, t in {**trained, **({"gan": gan_trained} if gan_trained else {})}.items() if t.get("cached"))
+    cached = sorted(k for k, t in {**trained, **({gan_trained["key"]: gan_trained} if gan_trained else {})}.items() if t.get("cached"))
     return PipelineResult(parent, data.data_version, report, table, champion, selection.reason if selection else "not registered (reproduction)",
                           selection.generator_version if selection else None, rows, uri, data.data_docs, time.perf_counter() - start,
                           bento["bento_tag"] if bento else None, cached,

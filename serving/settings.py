@@ -12,10 +12,12 @@ from typing import Any
 
 from PIL import Image
 
+from components.errors import VisionflowError
+
 IMAGE_FORMATS = {"PNG", "JPEG", "BMP", "MPO", "WEBP", "TIFF", "GIF"}  # MPO: camera JPEGs; as ingest reads
 
 
-class InputError(ValueError):
+class InputError(VisionflowError, ValueError):
     """A request the client must fix (HTTP 4xx); the message says what was wrong."""
 
     def __init__(self, message: str, status: int = 400):

@@ -81,9 +81,30 @@ def test_delivery_commands_say_what_to_do_in_one_line(tmp_path, monkeypatch):
         (["deploy", "manifests", "--out", str(tmp_path / "deploy")], 1, "has no champion yet"),
         (["deploy", "play", "--out", str(tmp_path / "deploy")], 2, "VISIONFLOW_API_KEY"),
         (["monitor", "--inference-log", str(tmp_path / "nowhere.db")], 2, "no inference log at"),
+        (["deploy", "down", "--out", str(tmp_path / "deploy")], 1, "write the manifests first"),  # a PlayError, through the one handler
     ]
     for args, code, words in cases:
         out = _run(args, tmp_path)
         err = out.stderr.strip()
         assert out.returncode == code and len(err.splitlines()) == 1 and words in err and "Traceback" not in err, (args, out.returncode, err)
     assert not (tmp_path / "deploy").exists()
+
+
+def test_every_error_class_shares_one_base():
+    """Each exception class of components/, serving/ and flows/ derives from VisionflowError (the CLI's one handler)."""
+    import ast
+    import importlib
+
+    from components.errors import VisionflowError
+
+    found = []
+    for path in sorted(p for d in ("components", "serving", "flows") for p in (REPO_ROOT / d).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Error") and node.name != "VisionflowError":
+                module = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
+                found.append(getattr(importlib.import_module(module), node.name))
+    assert len(found) >= 11
+    assert [c.__name__ for c in found if not issubclass(c, VisionflowError)] == []
+    from components.config import ConfigError
+
+    assert ConfigError.exit_code == 2 and issubclass(ConfigError, ValueError)  # old `except ValueError` callers still catch it

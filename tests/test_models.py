@@ -1,24 +1,33 @@
 """Every family builds for any data shape, and learns (loss falls on a tiny overfit set)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from components.models import create_model, family_of, list_models
+from components.config import load_config
+from components.models import create_model, family_of, kind_of, list_models, model_entry
 from components.models.hybrid import DecisionFusion, choose_alpha
 from components.models.transfer import load_state_dict
 
 SHAPES = [(1, (28, 28), 10), (3, (32, 32), 3), (3, (45, 61), 2)]
-SMALL = {
-    "cnn": {"widths": [8, 16]},
-    "rnn": {"hidden": 16, "layers": 2, "read": "rows+cols"},
-    "cnn_lstm": {"widths": [8, 16], "hidden": 16},
-    "feature_fusion": {"cnn": {"widths": [8, 16]}, "rnn": {"hidden": 16, "layers": 1}},
-}
+QUICK = load_config(Path(__file__).resolve().parents[1] / "params.yaml", "quick").models
+
+
+def _small(name: str) -> dict:
+    """The quick profile's hparams of the family that uses model `name` (else its registered defaults)."""
+    block = next((f for f in QUICK.root.values() if getattr(f, "model", None) == name), None)
+    return dict(block.hparams) if block is not None else dict(model_entry(name).defaults.get("hparams", {}))
 
 
 def test_registry_lists_every_family():
     assert {"cnn", "rnn", "gan", "cnn_lstm", "feature_fusion", "decision_fusion"} <= set(list_models())
     assert family_of("cnn_lstm") == "hybrid" and family_of("torchvision:resnet18") == "cnn"
+    assert kind_of("gan") == "generator" and kind_of("decision_fusion") == "fusion" and kind_of("torchvision:resnet18") == "classifier"
+    # every model registered in components/models/ is a family of the default config, of its kind
+    defaults = load_config(None).models
+    for name in list_models(builtin_only=True):
+        assert defaults[name].kind == kind_of(name)
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
         create_model("resnet", num_classes=2, in_channels=1, image_size=28)
 
@@ -36,11 +45,11 @@ def _overfit(model, x, y, steps=40, lr=3e-3):
     return losses
 
 
-@pytest.mark.parametrize("name", ["cnn", "rnn", "cnn_lstm", "feature_fusion"])
+@pytest.mark.parametrize("name", list_models(kind="classifier"))
 @pytest.mark.parametrize("channels,size,classes", SHAPES)
 def test_classifier_shapes_and_learning(name, channels, size, classes):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=classes, in_channels=channels, image_size=size, **SMALL[name])
+    model = create_model(name, num_classes=classes, in_channels=channels, image_size=size, **_small(name))
     x = torch.randn(12, channels, *size)
     y = torch.arange(12) % classes
     assert model(x).shape == (12, classes)
@@ -87,10 +96,13 @@ def test_transfer_loads_local_weights_and_freezes_backbone(tmp_path, fmt):
         load_state_dict(tmp_path / "missing.pt")
 
 
+@pytest.mark.parametrize("name", list_models(kind="generator"))
 @pytest.mark.parametrize("channels,size,classes", SHAPES)
-def test_gan_shapes_and_discriminator_learns(channels, size, classes):
+def test_gan_shapes_and_discriminator_learns(name, channels, size, classes):
     torch.manual_seed(0)
-    gan = create_model("gan", num_classes=classes, in_channels=channels, image_size=size, z_dim=16, ngf=8, ndf=8)
+    hp = _small(name)
+    gan = create_model(name, num_classes=classes, in_channels=channels, image_size=size, **hp)
+    z_dim = gan.z_dim
     labels = torch.arange(6) % classes
     imgs = gan.sample(labels)
     assert imgs.shape == (6, channels, *size) and imgs.min() >= 0 and imgs.max() <= 1
@@ -102,7 +114,7 @@ def test_gan_shapes_and_discriminator_learns(channels, size, classes):
     opt = torch.optim.Adam(gan.discriminator.parameters(), lr=2e-3)
     losses = []
     for _ in range(30):
-        fake = gan.generator(torch.randn(12, 16), y).detach()
+        fake = gan.generator(torch.randn(12, z_dim), y).detach()
         ar, _ = gan.discriminator(real, y)
         af, _ = gan.discriminator(fake, y)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(torch.cat([ar, af]), torch.cat([torch.ones(12), torch.zeros(12)]))

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from components.errors import VisionflowError
 from components.config import BUNDLED_MNIST, SplitConfig
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # any case
@@ -42,7 +43,7 @@ MANIFEST_COLUMNS = [
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
-class IngestError(ValueError):
+class IngestError(VisionflowError, ValueError):
     """The source cannot be ingested at all (missing, < 2 classes, no images); one-line message."""
 
 

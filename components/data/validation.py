@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from components.errors import VisionflowError
 from components.config import SplitConfig, ValidationConfig
 from components.data.ingest import (
     IMAGE_EXTENSIONS,
@@ -69,7 +70,7 @@ class ValidationReport:
         )
 
 
-class DataValidationError(RuntimeError):
+class DataValidationError(VisionflowError, RuntimeError):
     def __init__(self, report: ValidationReport):
         self.report = report
         super().__init__(report.summary())

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import yaml
 
+from components.errors import VisionflowError
 from components.workspace import Workspace
 
 REMOTE_NAME = "visionflow"
 
 
-class VersioningError(RuntimeError):
+class VersioningError(VisionflowError, RuntimeError):
     pass
 
 

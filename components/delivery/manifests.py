@@ -45,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from components.errors import VisionflowError
 from serving.settings import Settings
 
 IMAGE_PORT = 3000  # the image's CMD: bentoml serve --port 3000
@@ -90,8 +91,10 @@ _QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 _QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?")
 
 
-class ManifestError(ValueError):
+class ManifestError(VisionflowError, ValueError):
     """Bad input to the manifests (an unpinned image, a bad name or count); one line saying what to do."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 from components.delivery.manifests import API_KEY_SECRET, GRACE_PERIOD_S, podman_secret_json
+from components.errors import VisionflowError
 
 PODMAN_FILE = "podman.yaml"
 
 
-class PlayError(RuntimeError):
+class PlayError(VisionflowError, RuntimeError):
     pass
 
 

@@ -9,10 +9,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from components.errors import VisionflowError
+
 BINARY = "docker-registry"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(VisionflowError, RuntimeError):
     pass
 
 

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from components.config import Config, RolloutConfig
+from components.errors import VisionflowError
 from components.monitoring.inference_log import InferenceLog, RolloutWindow
 from components.tracking import mlflow_store as store
 from components.workspace import Workspace
@@ -44,7 +45,7 @@ VERDICTS = ("promote", "rollback", "continue")
 TAG_LIMIT = 5000  # the value length every MLflow store accepts (the rest of the code truncates reasons to it too)
 
 
-class RolloutError(ValueError):
+class RolloutError(VisionflowError, ValueError):
     """A rollout command that cannot be done as asked; the message is one line that says what to do."""
 
 

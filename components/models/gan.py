@@ -1,6 +1,6 @@
 """GAN family: a class-conditional DCGAN sized from the data.
 
-The recipe that reached GAN-train >= 95 % in calibration (../shared/CALIBRATION.md, recipe B):
+The recipe that reached GAN-train >= 95 % in calibration:
 - generator: noise × label embedding → Linear → two stride-2 transposed convs (BN, ReLU) → tanh;
 - discriminator: BN conv net over the image, an adversarial head conditioned on the class
   (projection, or a label map as an extra channel) and an auxiliary-classifier head (AC-GAN term);
@@ -113,6 +113,6 @@ class ConditionalDCGAN(nn.Module):
         return self.sample(labels)
 
 
-@register_model("gan", family="gan")
+@register_model("gan", family="gan", kind="generator")
 def gan(*, num_classes: int, in_channels: int, image_size: tuple[int, int], **hparams) -> nn.Module:
     return ConditionalDCGAN(num_classes, in_channels, image_size, **hparams)

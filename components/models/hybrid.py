@@ -107,17 +107,17 @@ def choose_alpha(p1_val: torch.Tensor, p2_val: torch.Tensor, y_val: torch.Tensor
     return best[3], best[4]
 
 
-@register_model("cnn_lstm", family="hybrid")
+@register_model("cnn_lstm", family="hybrid", defaults={"train": {"grad_clip": 1.0}})
 def cnn_lstm(*, num_classes: int, in_channels: int, image_size: tuple[int, int], **hparams) -> nn.Module:
     return CNNLSTM(num_classes, in_channels, image_size, **hparams)
 
 
-@register_model("feature_fusion", family="hybrid")
+@register_model("feature_fusion", family="hybrid", defaults={"enabled": False, "train": {"grad_clip": 1.0}})
 def feature_fusion(*, num_classes: int, in_channels: int, image_size: tuple[int, int], **hparams) -> nn.Module:
     return FeatureFusion(num_classes, in_channels, image_size, **hparams)
 
 
-@register_model("decision_fusion", family="hybrid")
+@register_model("decision_fusion", family="hybrid", kind="fusion")
 def decision_fusion(
     *,
     num_classes: int,

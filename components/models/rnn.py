@@ -50,6 +50,6 @@ class RowRNN(nn.Module):
         return self.fc(self.embed(x))
 
 
-@register_model("rnn", family="rnn")
+@register_model("rnn", family="rnn", defaults={"train": {"grad_clip": 1.0}})
 def rnn(*, num_classes: int, in_channels: int, image_size: tuple[int, int], **hparams) -> nn.Module:
     return RowRNN(num_classes, in_channels, image_size, **hparams)

@@ -17,6 +17,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from components.errors import VisionflowError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     request_id TEXT PRIMARY KEY,
@@ -68,7 +70,7 @@ ROLLOUT_COLUMNS = ("request_id", "ts", "mode", "model_name", "model_version", "p
 ROLLOUT_MODES = ("shadow", "canary", "champion")
 
 
-class FeedbackError(ValueError):
+class FeedbackError(VisionflowError, ValueError):
     """Feedback the client must fix (HTTP 400): the message says which part was wrong."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
+from components.errors import VisionflowError
 from components.tracking import mlflow_store as store
 from components.workspace import Workspace
 
@@ -166,7 +167,7 @@ def package(ws: Workspace, *, classifier_version: str | None = None, generator_v
     return PackageResult(str(bento.tag), model_tags, kept, bento_path, flavour, (store.CLASSIFIER_MODEL, ver), lineage, onnx_facts)
 
 
-class PackagingError(RuntimeError):
+class PackagingError(VisionflowError, RuntimeError):
     pass
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
+from components.errors import VisionflowError
+
 BUILDERS = ("podman", "buildah", "docker")
 DEFAULT_BASE = "localhost/visionflow-base:bookworm-py3.11"
 PORT = 3000
@@ -39,7 +41,7 @@ GRACEFUL_SHUTDOWN_S = 20
 DEBIAN_PACKAGES = ["python3", "python3-venv", "ca-certificates", "tini"]
 
 
-class ImageError(RuntimeError):
+class ImageError(VisionflowError, RuntimeError):
     """A build, base-image or push step that failed; the message is one line a user can act on."""
 
 

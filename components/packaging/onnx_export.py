@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from components.data.preprocess import DatasetSpec, softmax
+from components.errors import VisionflowError
 
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset; onnxruntime >= 1.14 runs it
 INPUT_NAME = "input"
@@ -34,7 +35,7 @@ FULL_IMAGE_HINT = "serve it from the full image: visionflow package --image --fl
 EXPORTERS = ("dynamo", "torchscript")
 
 
-class ExportError(ValueError):
+class ExportError(VisionflowError, ValueError):
     """A model that cannot be served by the ONNX image; the message is one line: what, why, what to do."""
 
 

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from components.errors import VisionflowError
 from components.workspace import Workspace
 
 EXPERIMENT = "visionflow"
@@ -237,7 +238,7 @@ def log_model(run_id: str, model, input_example, spec_json: str, *, extra_metada
     return info.model_uri
 
 
-class RegistryError(RuntimeError):
+class RegistryError(VisionflowError, RuntimeError):
     """The registry could not answer (an outage, a timeout, a refused request): never read as "no alias"."""
 
 
@@ -337,7 +338,7 @@ def set_alias(name: str, alias: str, version: str, *, manual: bool = False, reas
     _registry_call(f"set {name}@{alias}", c.set_registered_model_alias, name, alias, version)
 
 
-class PromotionError(ValueError):
+class PromotionError(VisionflowError, ValueError):
     pass
 
 

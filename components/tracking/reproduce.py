@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import Config
+from components.errors import VisionflowError
 from components.tracking import mlflow_store as store
 
 COMPARED = ("accuracy", "macro_f1", "gan_test", "gan_train")  # deterministic on CPU with the same seeds (not timings)
@@ -27,7 +28,7 @@ class RunRecord:
     metrics: dict[str, dict[str, float]]  # model key → test metrics, as the run logged them
 
 
-class ReproduceError(LookupError):
+class ReproduceError(VisionflowError, LookupError):
     pass
 
 

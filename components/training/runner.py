@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from components.config import ClassifierFamily, DataConfig, DecisionFusionFamily, EngineConfig, GanFamily
 from components.data.datasets import DatasetSpec, ImageTensors, load_dataset, load_spec_split
-from components.models import create_model, family_of
+from components.models import create_model, family_of, import_family_module
 from components.models.hybrid import calibrate, choose_alpha, fit_temperature
 from components.models.transfer import expected_input
 from components.training.classifier import Batcher, EpochCallback, SyntheticMix, dist_rank_world, evaluate, fit, predict_proba
@@ -55,6 +55,12 @@ def _seeded_model(name: str, spec: DatasetSpec, hparams: dict, seed: int) -> nn.
     return create_model(name, num_classes=spec.num_classes, in_channels=spec.in_channels, image_size=spec.image_size, **hparams)
 
 
+def _ensure_registered(fam: ClassifierFamily | GanFamily) -> None:
+    """A family from outside components/models/ registers itself on import; in a worker process too."""
+    if fam.module:
+        import_family_module(fam.module)
+
+
 def train_classifier(
     key: str,
     fam: ClassifierFamily,
@@ -67,6 +73,7 @@ def train_classifier(
     loaded: tuple[DatasetSpec, dict[str, ImageTensors]] | None = None,
     data: DataConfig | None = None,
 ) -> dict[str, Any]:
+    _ensure_registered(fam)
     spec, splits = loaded or load_for_training(data_dir, data, engine)
     spec = expected_input(fam.model, fam.hparams, spec)  # pretrained weights bring their own normalisation
     ratios = fam.train.synthetic_ratio if isinstance(fam.train.synthetic_ratio, list) else [fam.train.synthetic_ratio]
@@ -117,12 +124,14 @@ def train_gan(
     on_epoch_end: EpochCallback | None = None,
     loaded: tuple[DatasetSpec, dict[str, ImageTensors]] | None = None,
     data: DataConfig | None = None,
+    key: str = "gan",
 ) -> dict[str, Any]:
+    _ensure_registered(fam)
     spec, splits = loaded or load_for_training(data_dir, data, engine)
     gan = _seeded_model(fam.model, spec, fam.hparams, fam.train.seed)
-    res = fit_gan(gan, splits["train"], fam.train, engine, workdir=out_dir / "gan" / "checkpoints", resume=resume, on_epoch_end=on_epoch_end)
-    path = save_trained(gan, fam.model, fam.hparams, spec, out_dir / "gan" / MODEL_FILE)
-    return {"key": "gan", "model": fam.model, "family": "gan", "path": str(path), "epochs_run": res.epochs_run,
+    res = fit_gan(gan, splits["train"], fam.train, engine, workdir=out_dir / key / "checkpoints", resume=resume, on_epoch_end=on_epoch_end)
+    path = save_trained(gan, fam.model, fam.hparams, spec, out_dir / key / MODEL_FILE)
+    return {"key": key, "model": fam.model, "family": family_of(fam.model), "path": str(path), "epochs_run": res.epochs_run,
             "train_seconds": res.seconds, "device": res.device, "history": res.history}  # fmt: skip
 
 
@@ -133,6 +142,7 @@ def fuse(
     out_dir: Path,
     *,
     loaded: tuple[DatasetSpec, dict[str, ImageTensors]] | None = None,
+    key: str = "decision_fusion",
 ) -> dict[str, Any]:
     """Decision fusion of two trained classifiers; α chosen on the validation split only. Each member
     sees the validation split through its own spec (pretrained members normalise differently)."""
@@ -154,8 +164,8 @@ def fuse(
     fused = create_model("decision_fusion", num_classes=spec.num_classes, in_channels=spec.in_channels, image_size=spec.image_size, **hparams)
     fused.f1.load_state_dict(blobs[0]["state_dict"])
     fused.f2.load_state_dict(blobs[1]["state_dict"])
-    path = save_trained(fused, "decision_fusion", hparams, spec, out_dir / "decision_fusion" / MODEL_FILE)
-    return {"key": "decision_fusion", "model": "decision_fusion", "family": "hybrid", "path": str(path),
+    path = save_trained(fused, "decision_fusion", hparams, spec, out_dir / key / MODEL_FILE)
+    return {"key": key, "model": "decision_fusion", "family": "hybrid", "path": str(path),
             "val_acc": val_acc, "alpha": alpha, "temperatures": [t1, t2], "members": list(fam.members)}  # fmt: skip
 
 
