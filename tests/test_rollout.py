@@ -123,9 +123,13 @@ def test_promote_on_enough_non_worse_independent_feedback():
     assert d.verdict == "promote", d.reason
     assert d.numbers["test"] == "Farrington-Manning score test" and d.numbers["agreement"] is None
     assert d.numbers["z"] == pytest.approx(farrington_manning(297, 300, 2940, 3000, 0.02)[0])
-    # a worse canary keeps collecting
-    worse = decide(_canary(champion=(5000, 3000, 2940), challenger=(500, 300, 285)), POLICY, 0.0, 5 * HOUR)
-    assert worse.verdict == "continue" and worse.numbers["p_value"] > 0.05
+    # a canary that may be slightly worse keeps collecting; a significantly worse one is rolled back at once
+    unsure = decide(_canary(champion=(5000, 3000, 2940), challenger=(500, 300, 291)), POLICY, 0.0, 5 * HOUR)
+    assert unsure.verdict == "continue" and unsure.numbers["p_value"] > 0.05, unsure.reason
+    worse = decide(_canary(champion=(5000, 3000, 2940), challenger=(500, 300, 270)), POLICY, 0.0, 5 * HOUR)
+    assert worse.verdict == "rollback" and "worse than the champion" in worse.reason and worse.numbers["worse_p_value"] < 0.05, worse.reason
+    z0, p0 = farrington_manning(270, 300, 2940, 3000, 0.0)
+    assert worse.numbers["worse_z"] == pytest.approx(z0) and worse.numbers["worse_p_value"] == pytest.approx(1 - p0)
 
 
 def test_nothing_before_the_minimum_sample():
@@ -142,8 +146,15 @@ def test_nothing_before_the_minimum_sample():
     assert decide(empty, POLICY, 0.0, HOUR).verdict == "continue"
 
 
+def test_significantly_worse_paired_feedback_rolls_back_at_once():
+    d = decide(_shadow(PairedCounts(350, 30, 5, 15)), POLICY, 0.0, HOUR)
+    assert d.verdict == "rollback" and "worse than the champion" in d.reason
+    assert d.numbers["worse_z"] == pytest.approx(tango_paired(5, 30, 400, 0.0)[0])
+    assert decide(_shadow(PairedCounts(100, 30, 5, 15)), POLICY, 0.0, HOUR).verdict == "continue", "not before min_labelled"
+
+
 def test_rollback_at_the_maximum_window():
-    worse = _shadow(PairedCounts(350, 30, 5, 15))
+    worse = _shadow(PairedCounts(350, 9, 6, 15))  # a little worse, not significantly: neither verdict
     assert decide(worse, POLICY, 0.0, 71 * HOUR).verdict == "continue"
     d = decide(worse, POLICY, 0.0, 72 * HOUR)
     assert d.verdict == "rollback" and "no promotion after 72.0 h (max_window_hours 72)" in d.reason

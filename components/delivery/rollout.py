@@ -184,8 +184,10 @@ def decide(window: RolloutWindow, policy: RolloutPolicy, started_at: float, now:
        requests (shadow: pairs; canary: each version) show the challenger's live accuracy not worse
        than the champion's by `margin`: a one-sided non-inferiority test at `alpha` (Tango's paired
        score test in shadow, Farrington–Manning's in canary);
-    3. rollback once `max_window_hours` have passed without 1. or 2.;
-    4. continue collecting otherwise.
+    3. rollback at once when, on the same sample, the challenger is significantly *worse* than the
+       champion: the same test at margin 0, other tail (p < `alpha`) — more evidence cannot save it;
+    4. rollback once `max_window_hours` have passed without 1.–3.;
+    5. continue collecting otherwise.
     Agreement with the champion (shadow) is reported, not decided on: a better model disagrees where
     the champion was wrong.
     """
@@ -225,6 +227,11 @@ def decide(window: RolloutWindow, policy: RolloutPolicy, started_at: float, now:
             return RolloutDecision("promote", f"not worse than the champion: {core} ({stat} < alpha {policy.alpha:g}); {ch.requests} requests, error rate "
                                    f"{ch.error_rate:.4f} vs {cp.error_rate:.4f}, p95 {_ms(ch.p95_latency_ms)} vs {_ms(cp.p95_latency_ms)}{agreement}",
                                    numbers)  # fmt: skip
+        worse = non_inferiority(window, 0.0)
+        if enough_requests and worse is not None and worse.n >= policy.min_labelled and 1.0 - worse.p_value < policy.alpha:
+            numbers |= {"worse_z": worse.z, "worse_p_value": 1.0 - worse.p_value}
+            return RolloutDecision("rollback", f"worse than the champion: {core} ({worse.test}, margin 0: z={worse.z:.3f}, p={1.0 - worse.p_value:.3g} "
+                                   f"< alpha {policy.alpha:g}); {ch.requests} requests{agreement}", numbers)  # fmt: skip
     if elapsed >= policy.max_window_hours:
         return RolloutDecision("rollback", f"no promotion after {elapsed:.1f} h (max_window_hours {policy.max_window_hours:g}): {evidence}; "
                                f"{ch.requests} requests{agreement}", numbers)  # fmt: skip
