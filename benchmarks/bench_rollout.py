@@ -51,7 +51,9 @@ def _register(experiment: str, model, spec, lineage: dict) -> str:
     run = store.start_run(experiment, "cnn", lineage)
     uri = store.log_model(run, model, np.zeros((2, c, h, w), np.float32), spec.to_json(), extra_metadata={"task": "classification"})
     store.end_run(run, True)
-    return store.register_version(uri, store.CLASSIFIER_MODEL, {**lineage, "task": "classification", "run_id": run, "evaluated": "true", "data_validated": "true"})
+    return store.register_version(
+        uri, store.CLASSIFIER_MODEL, {**lineage, "task": "classification", "run_id": run, "evaluated": "true", "data_validated": "true"}
+    )
 
 
 def _untrained(experiment: str, seed: int) -> str:

@@ -142,7 +142,7 @@ class TrainConfig(_Strict):
     max_seconds: float | None = Field(None, gt=0, description="wall-clock budget; stops after the epoch that crosses it")
 
 
-AUTO_RECIPE = {  # the data's style decides every `auto` of a recipe (measured: README, Your own images)
+AUTO_RECIPE = {  # the data's style decides every `auto` of a recipe (measured: docs/guide/data.md)
     "photo": {"epochs": 60, "batch_size": 32, "augment": "photo", "noise_sigma": 0.0},  # RGB: random resized crop, flip, colour jitter
     "digits": {"epochs": 30, "batch_size": 128, "augment": "affine", "noise_sigma": 0.4},  # gray: affine, no flips; noise-robust
 }
@@ -161,7 +161,7 @@ def resolve_recipe(cfg: TrainConfig, channels: int) -> TrainConfig:
 
 class GanTrainConfig(_Strict):
     epochs: int | Literal["auto"] = Field(
-        "auto", description="auto: 120 for gray (digit-style) data (GAN-train 95.2 % vs 94.5 % at 80), 40 for RGB photos (an epoch of photos costs more)"
+        "auto", description="auto: 120 for gray (digit-style) data (better samples than 80), 40 for RGB photos (an epoch of photos costs more)"
     )
     batch_size: int = Field(64, ge=1)
     lr: float = Field(4e-4, gt=0)
@@ -171,8 +171,7 @@ class GanTrainConfig(_Strict):
     aux_weight: float = Field(
         0.3,
         ge=0,
-        description="weight of the auxiliary-classifier (AC-GAN) term: lower keeps the samples more diverse "
-        "(bundled digits, seed 0, 40 epochs: GAN-train 94.7 % at 0.3 vs 93.1 % at 1.0)",
+        description="weight of the auxiliary-classifier (AC-GAN) term: lower keeps the samples more diverse (docs/benchmarks.md)",
     )
     ema_decay: float = Field(0.999, ge=0, lt=1)
     precision: Literal["auto", "bf16", "fp32"] = "fp32"  # bf16 cost GAN-test 4.5 pp in calibration

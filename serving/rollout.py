@@ -7,8 +7,10 @@ runs; `STATE` is that worker's view, read by the request path without a lock (on
 
 - shadow: after the champion has answered, a sampled share of its requests is queued for the
   challenger on a background thread, off the response path; its predictions go to the inference
-  log's `rollout_log` under the same request ids and are never returned. A full queue drops the work
-  (counted), so a slow challenger can never slow the champion.
+  log's `rollout_log` under the same request ids and are never returned. The thread works only when
+  no classification is in flight (idle capacity: on 2 cores a second model computing beside the
+  champion costs its answers), and drops work that waited too long or found the queue full
+  (counted), so a slow challenger or a saturated server never slows the champion.
 - canary: `CanaryRouter` (ASGI) sends a stable share of clients to the challenger's routes: a hash
   of the `X-Client-Id` header (else `X-Request-Id`, else a fresh id) below `percent`. The answer names
   the version that answered; a challenger error falls back to the champion's answer.
@@ -47,7 +49,8 @@ class RolloutState:
     def __init__(self) -> None:
         self.current: tuple[Stage, Any] | None = None  # (stage, loaded challenger model)
         self.error: str | None = None
-        self.dropped = 0  # shadow work dropped because the queue was full
+        self.dropped = 0  # shadow images dropped: queue full or no idle moment in time
+        self.in_flight = 0  # classification requests being answered (CanaryRouter counts them)
 
     @property
     def stage(self) -> Stage | None:
@@ -136,6 +139,15 @@ class CanaryRouter:
         self.app, self.paths = app, paths
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] in self.paths:
+            STATE.in_flight += 1  # one event loop per worker: no lock needed
+            try:
+                return await self._route(scope, receive, send)
+            finally:
+                STATE.in_flight -= 1
+        return await self._route(scope, receive, send)
+
+    async def _route(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"].endswith(CANARY_SUFFIX):  # internal routes: reached only through the router
             body = b'{"error": "not found"}'
             await send(
@@ -161,14 +173,23 @@ class ShadowWorker:
     """One background thread answering queued champion batches with the challenger, off the
     response path; a full queue drops work instead of waiting."""
 
-    def __init__(self, record, max_queued: int = 64):
+    def __init__(self, record, max_queued: int = 16, max_wait_s: float = 2.0):
         self.record = record  # rows → the inference log (InferenceLog.record_rollout)
         self.jobs: queue.Queue = queue.Queue(maxsize=max_queued)
+        self.max_wait_s = max_wait_s
         threading.Thread(target=self._run, daemon=True, name="shadow").start()
+
+    def _wait_for_idle(self, queued_at: float) -> bool:
+        """Until no classification is in flight; False when the work has waited `max_wait_s`."""
+        while STATE.in_flight > 0:
+            if time.monotonic() - queued_at > self.max_wait_s:
+                return False
+            time.sleep(0.002)
+        return True
 
     def submit(self, stage: Stage, model, images: list, request_ids: list[str]) -> bool:
         try:
-            self.jobs.put_nowait((stage, model, images, request_ids))
+            self.jobs.put_nowait((stage, model, images, request_ids, time.monotonic()))
             return True
         except queue.Full:
             STATE.dropped += len(images)
@@ -176,7 +197,10 @@ class ShadowWorker:
 
     def _run(self) -> None:
         while True:
-            stage, model, images, request_ids = self.jobs.get()
+            stage, model, images, request_ids, queued_at = self.jobs.get()
+            if not self._wait_for_idle(queued_at):
+                STATE.dropped += len(images)
+                continue
             t0 = time.perf_counter()
             try:
                 answers, _ = model.predict(images)

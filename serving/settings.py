@@ -33,8 +33,8 @@ class Settings:
     max_pixels: int = 16_000_000
     max_bytes: int = 10 * 1024 * 1024
     max_generate: int = 64
-    # process shape, measured side by side in benchmarks/bench_serving.py (README: Serving numbers)
-    workers: int = 1  # 2 serve ~1.5x more (README) but reach ~1.47 GB under a 200-client flood
+    # process shape, measured side by side in benchmarks/bench_serving.py (docs/benchmarks.md, Serving)
+    workers: int = 1  # 2 serve more but need about twice the memory (docs/benchmarks.md)
     max_in_flight: int = 32  # per worker; beyond it a 503 with Retry-After (load shedding)
     batching: bool = True  # concurrent requests share one forward pass (BentoML batchable APIs)
     max_batch_size: int = 32
@@ -42,7 +42,7 @@ class Settings:
     batch_wait_ms: float = 1.0  # longest a request waits for others to join its batch (cap_batch_wait)
     access_log: bool = False  # one log line per request costs throughput; on for debugging
     torch_threads: int = 1  # small models: one intra-op thread leaves the other core to HTTP
-    # production monitoring (README: Maintenance in production)
+    # production monitoring (docs/guide/maintenance.md)
     inference_log: str | None = None  # SQLite file of served predictions; None = <workspace>/monitoring/inference.db; "off" = none
     log_sample: float = 1.0  # fraction of predictions logged
     keep_images: bool = False  # keep the uploaded images next to the log (privacy: off unless asked)

@@ -138,3 +138,13 @@ def start_mlflow_server(folder: Path):
         proc.terminate()
         pytest.fail("mlflow server did not become healthy in 90 s")
     return proc, port
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`integration`: marked so (by module or test), or slow, or containers; every other test is `unit` (`make test-fast`)."""
+    for item in items:
+        if any(item.get_closest_marker(m) for m in ("integration", "slow", "containers")):
+            if not item.get_closest_marker("integration"):
+                item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)

@@ -20,6 +20,7 @@ def _run(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, env=env, **kw)
 
 
+@pytest.mark.integration  # a subprocess
 def test_help_is_fast_and_lists_commands(tmp_path):
     _run(["--help"], tmp_path)  # warm the page cache
     start = time.perf_counter()
@@ -29,6 +30,7 @@ def test_help_is_fast_and_lists_commands(tmp_path):
     assert elapsed < 3.0, f"--help took {elapsed:.2f}s: a heavy import leaked into the CLI's top level"
 
 
+@pytest.mark.integration  # a subprocess
 def test_bad_config_fails_before_work_in_one_line(tmp_path):
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
     out = _run(["ingest", "--set", "validation.min_images_per_clas=3"], tmp_path)
@@ -40,11 +42,13 @@ def test_bad_config_fails_before_work_in_one_line(tmp_path):
     assert out.returncode == 2 and "allowed: default, full, quick" in out.stderr
 
 
+@pytest.mark.integration  # a subprocess
 def test_validate_without_data_says_what_to_do(tmp_path):
     out = _run(["validate"], tmp_path)
     assert out.returncode == 1 and "visionflow ingest" in out.stderr
 
 
+@pytest.mark.integration  # a subprocess
 def test_ingest_of_a_bad_folder_exits_nonzero_naming_the_file(project, tmp_path):
     src = make_folder(tmp_path / "src")
     (src / "owl" / "zero.png").write_bytes(b"")
@@ -72,6 +76,7 @@ def test_bundled_ingest_reproduces_the_committed_data_version(tmp_path):
     assert valid.returncode == 0 and "validation passed" in valid.stdout
 
 
+@pytest.mark.integration  # a subprocess
 def test_delivery_commands_say_what_to_do_in_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv("VISIONFLOW_API_KEY", raising=False)
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")

@@ -4,10 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from components.data import versioning
 from components.workspace import Workspace
 from flows.data_flow import DataFlowResult, data_flow
 from tests.conftest import make_folder
+
+pytestmark = pytest.mark.integration  # a Prefect flow run with git and DVC subprocesses
 
 DVC = str(Path(sys.executable).parent / "dvc")
 

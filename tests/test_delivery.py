@@ -22,7 +22,7 @@ from PIL import Image
 
 from tests.conftest import free_port, make_folder, wait_http_ok
 
-pytestmark = [pytest.mark.slow, pytest.mark.containers]
+pytestmark = [pytest.mark.slow, pytest.mark.containers, pytest.mark.integration]
 VF = str(Path(sys.executable).parent / "visionflow")
 TOOLS = ("podman", "docker-registry")
 

@@ -121,4 +121,4 @@ def test_bundled_mnist_is_real_balanced_and_deterministic(tmp_path):
     assert 20 < sum(float(r["pixel_mean"]) for r in rows) / len(rows) < 50  # MNIST's mean ink ≈ 33/255
     ingest(BUNDLED_MNIST, tmp_path / "b")
     assert _tree_digest(tmp_path / "a") == _tree_digest(tmp_path / "b")
-    # the per-second cost the README quotes (<= 2 ms per image) is measured in benchmarks/
+    # the per-image cost docs/benchmarks.md quotes (<= 2 ms per image) is measured in benchmarks/

@@ -233,6 +233,7 @@ def test_api_key_guards_every_endpoint_but_the_probes(monitored):
         proc.wait(timeout=30)
 
 
+@pytest.mark.integration  # a subprocess
 def test_public_bind_needs_an_api_key(tmp_path):
     cli = str(Path(sys.executable).parent / "visionflow")
     env = {k: v for k, v in os.environ.items() if k != "VISIONFLOW_API_KEY"}

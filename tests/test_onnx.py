@@ -173,6 +173,7 @@ def test_preprocessing_without_torch_is_bit_identical():
     np.testing.assert_allclose(softmax(logits.numpy()), torch.softmax(logits, 1).numpy(), atol=1e-7)
 
 
+@pytest.mark.integration  # a subprocess
 def test_onnx_service_imports_neither_torch_nor_mlflow(cnn_dir, tmp_path):
     _photos()[0].save(tmp_path / "photo.png")
     code = (

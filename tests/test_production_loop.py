@@ -22,6 +22,8 @@ from PIL import Image, ImageOps
 
 from tests.conftest import REPO_ROOT, free_port, wait_http_ok
 
+pytestmark = pytest.mark.integration  # real servers / subprocess CLIs
+
 CLI = str(Path(sys.executable).parent / "visionflow")
 # a small, quick champion: the cnn alone, 6 epochs (~94 % test accuracy), no GAN, no Bento
 TRAIN = ["--profile", "quick", "--set", "models.rnn.enabled=false", "--set", "models.gan.enabled=false", "--set", "models.decision_fusion.enabled=false",

@@ -23,7 +23,7 @@ from components.tracking import mlflow_store as store
 from components.workspace import Workspace
 from tests.test_serving import SPEC, _png, _register, _serve
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def _broken_challenger(exp: str, lineage: dict) -> str:

@@ -21,6 +21,8 @@ from flows.runners import shared_prefect_api, task_runner_for
 from flows.training_pipeline import training_pipeline
 from tests.conftest import REPO_ROOT, free_port, make_folder, wait_http_ok
 
+pytestmark = pytest.mark.integration  # real servers / subprocess CLIs
+
 # two classifier families, two epochs each, one torch thread in every process (Dask workers run one)
 FAMILIES = [
     "models.cnn_lstm.enabled=false", "models.gan.enabled=false", "models.decision_fusion.enabled=false",

@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT, free_port, make_folder, wait_http_ok
 
+pytestmark = pytest.mark.integration  # real servers / subprocess CLIs
+
 BIN = Path(sys.executable).parent
 
 

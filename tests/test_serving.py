@@ -21,6 +21,8 @@ from components.tracking import mlflow_store as store
 from components.workspace import Workspace
 from tests.conftest import free_port, wait_http_ok
 
+pytestmark = pytest.mark.integration  # real servers / subprocess CLIs
+
 SPEC = DatasetSpec(["cat", "dog", "owl"], 3, (20, 24), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 

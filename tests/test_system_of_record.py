@@ -307,6 +307,7 @@ def test_ddp_ranks_use_their_own_gpu(monkeypatch):
     assert device.select_device("auto") == torch.device("cuda", 0)
 
 
+@pytest.mark.integration  # a subprocess
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 def test_ddp_on_two_gpus(project, tmp_path):

@@ -67,6 +67,7 @@ def test_same_seed_same_first_epoch_loss(tmp_path):
     assert losses[0] == losses[1] and losses[0] != losses[2]
 
 
+@pytest.mark.integration  # a subprocess
 def test_resume_after_a_killed_run_matches_an_uninterrupted_one(tmp_path):
     worker = [sys.executable, str(Path(__file__).with_name("train_worker.py"))]
     proc = subprocess.Popen([*worker, str(tmp_path / "killed"), "5", "0", "1.5"], stdout=subprocess.PIPE, text=True)
@@ -155,6 +156,7 @@ def test_cuda_path_bf16_channels_last(tmp_path):
     assert res.device.startswith("cuda") and res.bf16 == torch.cuda.is_bf16_supported() and res.epochs_run == 2
 
 
+@pytest.mark.integration  # a subprocess
 def test_odd_batches_in_channels_last_do_not_crash_the_process(tmp_path):
     """torch 2.14.1's CPU backward of a 1×1 stride-2 conv in channels_last segfaults on odd batch
     sizes; the engine keeps training batches even there. In a subprocess: a crash must not take pytest."""

@@ -198,7 +198,7 @@ def checkout(ws: Workspace, version: str, data_name: str = "data") -> str:
 
 @dataclass(frozen=True)
 class DataPlan:
-    """Which data a run trains on, decided before any work (README: "Which data a run uses")."""
+    """Which data a run trains on, decided before any work (docs/guide/data.md: "Which data a run uses")."""
 
     action: str  # "ingest" (source), "use" (data/ as checked out), "checkout" (pull `version`, else ingest `source`)
     source: str | None
