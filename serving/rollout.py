@@ -198,22 +198,26 @@ class ShadowWorker:
     def _run(self) -> None:
         while True:
             stage, model, images, request_ids, queued_at = self.jobs.get()
-            if not self._wait_for_idle(queued_at):
-                STATE.dropped += len(images)
-                continue
-            t0 = time.perf_counter()
-            try:
-                answers, _ = model.predict(images)
-                ms = (time.perf_counter() - t0) * 1000
-                rows = [{"request_id": rid, "ts": time.time(), "mode": "shadow", "model_name": stage.name, "model_version": stage.version,
-                         "predicted": a["class_name"], "confidence": a["confidence"], "latency_ms": ms, "error": None}
-                        for rid, a in zip(request_ids, answers)]  # fmt: skip
-            except Exception as exc:  # a failing challenger is evidence, not an outage
-                ms = (time.perf_counter() - t0) * 1000
-                err = f"{type(exc).__name__}: {str(exc)[:200]}"
-                rows = [{"request_id": rid, "ts": time.time(), "mode": "shadow", "model_name": stage.name, "model_version": stage.version,
-                         "predicted": None, "confidence": None, "latency_ms": ms, "error": err} for rid in request_ids]  # fmt: skip
-            try:
-                self.record(rows)
-            except Exception as exc:  # a full disk must not stop the thread
-                log.warning("shadow rows not logged: %s", exc)
+            for k in range(len(images)):  # one image at a time: each waits for an idle moment, so the champion waits at most one image
+                if not self._wait_for_idle(queued_at):
+                    STATE.dropped += len(images) - k
+                    break
+                self._answer(stage, model, images[k : k + 1], request_ids[k : k + 1])
+
+    def _answer(self, stage: Stage, model, images: list, request_ids: list[str]) -> None:
+        t0 = time.perf_counter()
+        try:
+            answers, _ = model.predict(images)
+            ms = (time.perf_counter() - t0) * 1000
+            rows = [{"request_id": rid, "ts": time.time(), "mode": "shadow", "model_name": stage.name, "model_version": stage.version,
+                     "predicted": a["class_name"], "confidence": a["confidence"], "latency_ms": ms, "error": None}
+                    for rid, a in zip(request_ids, answers)]  # fmt: skip
+        except Exception as exc:  # a failing challenger is evidence, not an outage
+            ms = (time.perf_counter() - t0) * 1000
+            err = f"{type(exc).__name__}: {str(exc)[:200]}"
+            rows = [{"request_id": rid, "ts": time.time(), "mode": "shadow", "model_name": stage.name, "model_version": stage.version,
+                     "predicted": None, "confidence": None, "latency_ms": ms, "error": err} for rid in request_ids]  # fmt: skip
+        try:
+            self.record(rows)
+        except Exception as exc:  # a full disk must not stop the thread
+            log.warning("shadow rows not logged: %s", exc)

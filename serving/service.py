@@ -122,6 +122,7 @@ class Visionflow:
         self._stop = start_poller([s for s in (self.classifier, self.generator) if s], self.settings.poll_seconds)
         # a rollout (serving/rollout.py): the challenger alias's live stage, polled like the champion
         self.shadow = None
+        self._rollout_metrics_at = 0.0
         self.challenger_uri = rollout.challenger_uri(self.settings.model_uri) if self.settings.rollout else None
         if self.challenger_uri:
             from serving.runtime import load_registered
@@ -144,8 +145,10 @@ class Visionflow:
         m.rollout_stage.labels(stage.version, stage.mode).set(1)
         m.rollout_percent.labels(stage.version).set(stage.percent if stage.mode == "canary" else 0)
         champion = self.classifier.current
-        if self.inference_log is None or champion is None:
+        now = time.monotonic()
+        if self.inference_log is None or champion is None or (stage == before and now - self._rollout_metrics_at < self.settings.rollout_metrics_seconds):
             return
+        self._rollout_metrics_at = now
         w = self.inference_log.rollout_window(stage.started, (champion.name, str(champion.version)), (stage.name, stage.version))
         for role, side in (("champion", w.champion), ("challenger", w.challenger)):
             m.rollout_requests.labels(side.model_version, role).set(side.requests)

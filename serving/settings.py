@@ -49,6 +49,7 @@ class Settings:
     keep_images_mb: float = 500.0  # cap on the kept images; the oldest are deleted first
     log_max_rows: int = 1_000_000
     rollout: bool = True  # serve the challenger's shadow/canary stage when the registry records one (serving/rollout.py)
+    rollout_metrics_seconds: float = 15.0  # visionflow_rollout_* refresh: a window query over the log, kept off most polls
     api_key: str | None = None  # with a key, every path but open_paths needs Authorization: Bearer <key>
     open_paths: frozenset[str] = frozenset({"/", "/healthz", "/livez", "/readyz", "/metrics"})
 
@@ -81,6 +82,7 @@ class Settings:
             keep_images_mb=float(env.get("VISIONFLOW_KEEP_IMAGES_MB", cls.keep_images_mb)),
             log_max_rows=int(env.get("VISIONFLOW_LOG_MAX_ROWS", cls.log_max_rows)),
             rollout=_flag(env.get("VISIONFLOW_ROLLOUT"), cls.rollout),
+            rollout_metrics_seconds=float(env.get("VISIONFLOW_ROLLOUT_METRICS_SECONDS", cls.rollout_metrics_seconds)),
             api_key=env.get("VISIONFLOW_API_KEY") or None,
             open_paths=frozenset(p.strip() for p in env["VISIONFLOW_OPEN_PATHS"].split(",") if p.strip()) if "VISIONFLOW_OPEN_PATHS" in env else cls.open_paths,
         )

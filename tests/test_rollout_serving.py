@@ -77,7 +77,7 @@ def rollout_server(tmp_path_factory):
     bad = _broken_challenger(exp, lineage)
     store.set_alias(store.CLASSIFIER_MODEL, store.CHAMPION, v1)
     log_path = root / "inference.db"
-    proc, base = _serve(root, uri, VISIONFLOW_INFERENCE_LOG=str(log_path), VISIONFLOW_GENERATOR_URI="none")
+    proc, base = _serve(root, uri, VISIONFLOW_INFERENCE_LOG=str(log_path), VISIONFLOW_GENERATOR_URI="none", VISIONFLOW_ROLLOUT_METRICS_SECONDS="0")
     try:
         yield {"base": base, "v1": v1, "v2": v2, "bad": bad, "log": log_path}
     finally:

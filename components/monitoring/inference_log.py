@@ -358,20 +358,24 @@ class InferenceLog:
         scores both: the paired counts)."""
         champion, challenger = (champion[0], str(champion[1])), (challenger[0], str(challenger[1]))
         until = time.time()
-        with self._lock:
-            served = self._con.execute(
+        # its own read connection, not the writer's lock: WAL readers never block the service's writes
+        con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+        try:
+            served = con.execute(
                 "SELECT latency_ms, label IS NOT NULL, label = predicted FROM predictions WHERE ts >= ? AND model_name = ? AND model_version = ?",
                 (since, *champion),
             ).fetchall()
-            (champion_errors,) = self._con.execute(
+            (champion_errors,) = con.execute(
                 "SELECT COUNT(*) FROM rollout_log WHERE ts >= ? AND mode = 'champion' AND model_name = ? AND model_version = ?", (since, *champion)
             ).fetchone()
-            attempts = self._con.execute(
+            attempts = con.execute(
                 "SELECT r.mode, r.predicted, r.latency_ms, r.error, p.model_name, p.model_version, p.predicted, p.label "
                 "FROM rollout_log r LEFT JOIN predictions p ON p.request_id = r.request_id "
                 "WHERE r.ts >= ? AND r.mode IN ('shadow', 'canary') AND r.model_name = ? AND r.model_version = ?",
                 (since, *challenger),
             ).fetchall()
+        finally:
+            con.close()
         champ = VersionStats(*champion, requests=len(served) + champion_errors, errors=champion_errors,
                              p95_latency_ms=p95([lat for lat, _, _ in served if lat is not None]),
                              labelled=sum(1 for _, has, _ in served if has), correct=sum(1 for _, has, right in served if has and right))  # fmt: skip
