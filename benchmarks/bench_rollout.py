@@ -187,7 +187,7 @@ def scenario(args) -> None:
     from components.data.datasets import load_dataset
     from components.tracking import mlflow_store as store
 
-    data_dir = REPO / "data"
+    data_dir = Path(args.data)
     if not (data_dir / "test").is_dir():
         raise SystemExit("needs the bundled digits in data/: run `make run` (or `visionflow ingest`) first")
     spec, data = load_dataset(data_dir)
@@ -240,6 +240,7 @@ def main() -> None:
     b.add_argument("--percent", type=float, default=20)
     c = sub.add_parser("scenario")
     c.add_argument("--percent", type=float, default=50)
+    c.add_argument("--data", default=str(REPO / "data"), help="an ingested dataset (data/ of a project)")
     args = ap.parse_args()
     {"cost": cost, "canary": canary, "scenario": scenario}[args.cmd](args)
 
