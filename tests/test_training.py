@@ -178,3 +178,22 @@ def test_odd_batches_in_channels_last_do_not_crash_the_process(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "trained 98" in r.stdout
+
+
+def test_progress_without_a_terminal_is_one_line_per_epoch():
+    """CI, a container, nohup: a logfmt line per epoch with loss, accuracy, speed, elapsed and ETA (the rich bar needs a terminal)."""
+    import io
+
+    from components.training.classifier import _progress
+
+    out = io.StringIO()
+    update = _progress(True, "cnn", 3, 0, stream=out)
+    for epoch in range(3):
+        update(epoch, {"train_loss": 1.0 / (epoch + 1), "val_acc": 0.9 + epoch / 100, "img_per_s": 1000.0})
+    update(None, None)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("epoch family=cnn epoch=1/3 loss=1.0000 val_acc=0.9000 img_per_s=1000")
+    assert "eta_s=" in lines[0] and lines[-1].endswith("eta_s=0.0")
+    quiet = io.StringIO()
+    _progress(False, "cnn", 3, 0, stream=quiet)(0, {"train_loss": 1.0, "val_acc": 0.5, "img_per_s": 1.0})
+    assert quiet.getvalue() == ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -427,10 +428,25 @@ def fit(
                      n_imgs / max(train_seconds, 1e-9), bf16, str(device), stopped_early)  # fmt: skip
 
 
-def _progress(enabled: bool, label: str, epochs: int, start: int):
-    """A rich progress bar over epochs (loss, val accuracy, img/s); a no-op when disabled."""
+def _progress(enabled: bool, label: str, epochs: int, start: int, stream=None):
+    """Progress over epochs: a rich bar on a terminal; elsewhere (CI, a container, nohup, a scheduled
+    flow) one logfmt line per epoch on stderr, so a log shows a long training moving; a no-op when disabled."""
     if not enabled:
         return lambda epoch, metrics: None
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        t0, first = time.perf_counter(), start
+
+        def line(epoch, metrics):
+            if epoch is None:
+                return
+            elapsed = time.perf_counter() - t0
+            done = epoch + 1 - first
+            eta = elapsed / max(done, 1) * (epochs - epoch - 1)
+            print(f"epoch family={label} epoch={epoch + 1}/{epochs} loss={metrics['train_loss']:.4f} val_acc={metrics['val_acc']:.4f} "
+                  f"img_per_s={metrics['img_per_s']:.0f} elapsed_s={elapsed:.1f} eta_s={eta:.1f}", file=stream, flush=True)  # fmt: skip
+
+        return line
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(
