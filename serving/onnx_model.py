@@ -17,6 +17,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from components.data.preprocess import DatasetSpec, normalize_batch, softmax, unit_batch
+from serving.settings import answers, lineage_of
 
 MODEL_FILE = "model.onnx"
 SPEC_FILE = "spec.json"
@@ -51,12 +52,7 @@ class OnnxModel:
             raise ValueError(f"{onnx_path} takes input {shape}, but its spec says (N, {', '.join(map(str, want))}): model and spec.json do not belong together")
 
     def lineage(self) -> dict[str, Any]:
-        return {
-            "model": {"name": self.name, "version": self.version, "run_id": self.run_id},
-            "data_version": self.tags.get("data_version"),
-            "params_hash": self.tags.get("params_hash"),
-            "git_commit": self.tags.get("git_commit"),
-        }
+        return lineage_of(self.name, self.version, self.run_id, self.tags)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Softmax of the model's output for a normalised float32 batch (N, C, H, W)."""
@@ -72,15 +68,7 @@ class OnnxModel:
         probs = self.probabilities(normalize_batch(x01, self.spec))
         flat = x01.reshape(len(x01), -1)
         stats = list(zip(flat.mean(1).tolist(), flat.std(1).tolist()))
-        lineage = self.lineage()
-        out = []
-        for p in probs:
-            label = int(p.argmax())
-            out.append({
-                "label": label, "class_name": self.spec.classes[label], "confidence": round(float(p[label]), 6),
-                "probabilities": {c: round(float(v), 6) for c, v in zip(self.spec.classes, p)},
-                **lineage,
-            })  # fmt: skip
+        out = answers(probs, self.spec.classes, self.lineage())
         return out, stats
 
     def explain(self, image: Image.Image) -> tuple[bytes, str]:

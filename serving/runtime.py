@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from components.data.preprocess import DatasetSpec
+from serving.settings import answers, lineage_of
 
 log = logging.getLogger("visionflow.serving")
 
@@ -33,12 +34,7 @@ class LoadedModel:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def lineage(self) -> dict[str, Any]:
-        return {
-            "model": {"name": self.name, "version": self.version, "run_id": self.run_id},
-            "data_version": self.tags.get("data_version"),
-            "params_hash": self.tags.get("params_hash"),
-            "git_commit": self.tags.get("git_commit"),
-        }
+        return lineage_of(self.name, self.version, self.run_id, self.tags)
 
     runtime = "torch"
 
@@ -57,14 +53,7 @@ class LoadedModel:
             probs = torch.softmax(self.model(normalize(x01, self.spec)).float(), 1)
         flat = x01.flatten(1)
         stats = list(zip(flat.mean(1).tolist(), flat.std(1, correction=0).tolist()))  # population std: pooled exactly by the monitor
-        out = []
-        for p in probs:
-            label = int(p.argmax())
-            out.append({
-                "label": label, "class_name": self.spec.classes[label], "confidence": round(float(p[label]), 6),
-                "probabilities": {c: round(float(v), 6) for c, v in zip(self.spec.classes, p)},
-                **self.lineage(),
-            })  # fmt: skip
+        out = answers(probs, self.spec.classes, self.lineage())
         return out, stats
 
     def explain(self, image: Image.Image) -> tuple[bytes, str]:

@@ -114,6 +114,22 @@ def _flag(value: str | None, default: bool) -> bool:
     return default if value in (None, "") else value.strip().lower() in ("1", "true", "on", "yes")
 
 
+def lineage_of(name: str, version: str, run_id: str, tags: dict[str, str]) -> dict[str, Any]:
+    """What every answer says about the model that gave it (both runtimes: PyTorch and ONNX)."""
+    return {"model": {"name": name, "version": version, "run_id": run_id}, "data_version": tags.get("data_version"),
+            "params_hash": tags.get("params_hash"), "git_commit": tags.get("git_commit")}  # fmt: skip
+
+
+def answers(probs, classes: list[str], lineage: dict[str, Any]) -> list[dict[str, Any]]:
+    """One answer per row of class probabilities (a numpy array's or a torch tensor's rows), rounded as served."""
+    out = []
+    for p in probs:
+        label = int(p.argmax())
+        out.append({"label": label, "class_name": classes[label], "confidence": round(float(p[label]), 6),
+                    "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p)}, **lineage})  # fmt: skip
+    return out
+
+
 class NotServedHere:
     """ASGI middleware: answer `paths` with one JSON error and `status` before the service sees them
     (BentoML hides the message of a 5xx raised inside an API; a 501 must say what to do instead)."""
