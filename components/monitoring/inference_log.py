@@ -263,13 +263,14 @@ class InferenceLog:
 
     def rows(self, *, since: float = 0.0, model_name: str | None = None, model_version: str | None = None) -> list[dict]:
         """Predictions made at or after `since` (unix time), optionally of one model version, oldest first."""
-        query, args = "SELECT * FROM predictions WHERE ts >= ?", [since]
-        if model_name is not None:
-            query, args = query + " AND model_name = ?", [*args, model_name]
-        if model_version is not None:
-            query, args = query + " AND model_version = ?", [*args, str(model_version)]
+        return self._select("predictions", since, model_name=model_name, model_version=model_version)
+
+    def _select(self, table: str, since: float, **equal: str | None) -> list[dict]:
+        """Rows of `table` at or after `since` whose columns equal the given values (None: any), oldest first."""
+        conditions = [f"{column} = ?" for column, value in equal.items() if value is not None]
+        args = [since, *(str(value) for value in equal.values() if value is not None)]
         with self._lock:
-            cur = self._con.execute(query + " ORDER BY ts", args)
+            cur = self._con.execute(f"SELECT * FROM {table} WHERE {' AND '.join(['ts >= ?', *conditions])} ORDER BY ts", args)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
@@ -414,15 +415,7 @@ class InferenceLog:
 
     def rollout_decisions(self, model_name: str | None = None, challenger_version: str | None = None) -> list[dict]:
         """Recorded rollout decisions, oldest first (numbers parsed back)."""
-        query, args = "SELECT * FROM rollout_decisions WHERE 1 = 1", []
-        if model_name is not None:
-            query, args = query + " AND model_name = ?", [*args, model_name]
-        if challenger_version is not None:
-            query, args = query + " AND challenger_version = ?", [*args, str(challenger_version)]
-        with self._lock:
-            cur = self._con.execute(query + " ORDER BY ts", args)
-            names = [d[0] for d in cur.description]
-            rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        rows = self._select("rollout_decisions", 0.0, model_name=model_name, challenger_version=challenger_version)
         return [{**r, "numbers": json.loads(r["numbers"])} for r in rows]
 
     def close(self) -> None:
