@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -35,8 +37,10 @@ app.add_typer(data_app, name="data")
 deploy_app = typer.Typer(help="Take the champion's image to a cluster: Kubernetes manifests, a local registry, podman kube play.", no_args_is_help=True)
 app.add_typer(deploy_app, name="deploy")
 
-ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="params.yaml profile: quick, default, full")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a knob: --set data.split.seed=1 (repeatable)")]
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", "-p", help="params.yaml profile: quick, default, full [default: visionflow --profile, else default]")
+]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a knob: --set data.split.seed=1 (repeatable; after visionflow --set ones)")]
 RootOpt = Annotated[Path, typer.Option("--root", help="project folder holding params.yaml and data.dvc")]
 
 
@@ -54,12 +58,42 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _setup(root: Path, profile: str, overrides: list[str] | None):
+@dataclass(frozen=True)
+class ConfigOptions:
+    """Which config a command reads: a params.yaml profile and `--set` overrides, applied in order."""
+
+    profile: str = "default"
+    overrides: tuple[str, ...] = ()
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    profile: Annotated[str, typer.Option("--profile", "-p", help="params.yaml profile for every command: quick, default, full")] = "default",
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override a knob for every command: --set data.split.seed=1 (repeatable)")] = None,
+) -> None:
+    ctx.obj = ConfigOptions(profile, tuple(set_ or ()))
+    token = _GIVEN.set(ctx.obj)  # for _options, in every command that reads the config, for this invocation only
+    ctx.call_on_close(lambda: _GIVEN.reset(token))
+
+
+_GIVEN: ContextVar[ConfigOptions | None] = ContextVar("visionflow_config_options", default=None)  # Typer vendors click: no public current context
+
+
+def _options(profile: str | None = None, overrides: list[str] | None = None) -> ConfigOptions:
+    """The one place the global `visionflow --profile/--set` meet a command's own: its --profile wins when given,
+    its --set apply after the global ones (so they win knob by knob)."""
+    given = _GIVEN.get() or ConfigOptions()
+    return ConfigOptions(profile or given.profile, given.overrides + tuple(overrides or ()))
+
+
+def _setup(root: Path, profile: str | None = None, overrides: list[str] | None = None):
     """Resolve the config once (fail before any work), then point every tool's state into the workspace."""
     from components.config import load_config
     from components.workspace import Workspace
 
-    cfg = load_config(root / "params.yaml", profile, overrides or [])  # a ConfigError: one line, exit 2 (_Group)
+    opts = _options(profile, overrides)
+    cfg = load_config(root / "params.yaml", opts.profile, list(opts.overrides))  # a ConfigError: one line, exit 2 (_Group)
     ws = Workspace.for_config(root, cfg)
     ws.activate()
     return cfg, ws
@@ -97,12 +131,12 @@ def _result_or_fail(state):
     return state.result()
 
 
-def _run_data_flow(root: Path, profile: str, overrides: list[str] | None, source: str | None, wait: bool = False):
+def _run_data_flow(root: Path, profile: str | None, overrides: list[str] | None, source: str | None, wait: bool = False):
     cfg, ws = _setup(root, profile, overrides)
     with _writer(ws, "visionflow ingest", wait):
         from flows.data_flow import data_flow
 
-        state = data_flow(root=str(ws.root), profile=profile, source=source, cfg=cfg, progress=sys.stderr.isatty(), return_state=True)
+        state = data_flow(root=str(ws.root), profile=cfg.profile, source=source, cfg=cfg, progress=sys.stderr.isatty(), return_state=True)
         return _result_or_fail(state)
 
 
@@ -120,7 +154,7 @@ def _print_data_result(result) -> None:
 @app.command()
 def ingest(
     source: Annotated[str | None, typer.Option("--source", help="folder of class sub-folders (default: params.yaml data.source)")] = None,
-    profile: ProfileOpt = "default",
+    profile: ProfileOpt = None,
     set_: SetOpt = None,
     wait: WaitOpt = False,
     root: RootOpt = Path("."),
@@ -130,7 +164,7 @@ def ingest(
 
 
 @app.command()
-def validate(profile: ProfileOpt = "default", set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
+def validate(profile: ProfileOpt = None, set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
     """Re-validate data/ as it is on disk (every file decoded again)."""
     cfg, ws = _setup(root, profile, set_)
     from components.data.validation import validate as run_validation
@@ -150,7 +184,7 @@ def validate(profile: ProfileOpt = "default", set_: SetOpt = None, root: RootOpt
 @data_app.command("status")
 def data_status(root: RootOpt = Path(".")) -> None:
     """Which data version data.dvc points at, and whether data/ matches it."""
-    cfg, ws = _setup(root, "default", None)
+    cfg, ws = _setup(root)
     from components.data import versioning
 
     st = versioning.status(ws, cfg.data.dir)
@@ -171,7 +205,7 @@ def data_status(root: RootOpt = Path(".")) -> None:
 @data_app.command("pull")
 def data_pull(root: RootOpt = Path(".")) -> None:
     """Fetch the version data.dvc points at from the DVC remote into data/."""
-    cfg, ws = _setup(root, "default", None)
+    cfg, ws = _setup(root)
     from components.data import versioning
 
     versioning.ensure_repo(ws, cfg.data.dvc_remote)
@@ -184,7 +218,7 @@ def data_pull(root: RootOpt = Path(".")) -> None:
 
 @app.command()
 def run(
-    profile: ProfileOpt = "default",
+    profile: ProfileOpt = None,
     set_: SetOpt = None,
     source: Annotated[str | None, typer.Option("--source", help="ingest this image folder first (a new data version), then train on it")] = None,
     data_version: Annotated[
@@ -211,8 +245,8 @@ def run(
     from flows.training_pipeline import training_pipeline
 
     pipeline = training_pipeline.with_options(task_runner=task_runner_for(cfg.orchestration))
-    with _writer(ws, f"visionflow run ({profile})", wait), shared_prefect_api(cfg.orchestration):
-        state = pipeline(root=str(ws.root), profile=profile, cfg=cfg, source=source, data_version=data_version, force=force, return_state=True)
+    with _writer(ws, f"visionflow run ({cfg.profile})", wait), shared_prefect_api(cfg.orchestration):
+        state = pipeline(root=str(ws.root), profile=cfg.profile, cfg=cfg, source=source, data_version=data_version, force=force, return_state=True)
         res = _result_or_fail(state)
     out = Console(soft_wrap=True)
     out.print(res.table)
@@ -241,7 +275,7 @@ def reproduce(
     root: RootOpt = Path("."),
 ) -> None:
     """Re-run a past pipeline run from its record (config, data version, code) and compare its metrics."""
-    cfg, ws = _setup(root, "default", None)
+    cfg, ws = _setup(root)
     from rich.console import Console
     from rich.table import Table
 
@@ -283,7 +317,7 @@ def reproduce(
 def train_ddp(
     family: Annotated[str, typer.Option("--family", help="classifier section of params.yaml: cnn, rnn, cnn_lstm, feature_fusion")],
     nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="processes (GPUs) on this machine")] = 2,
-    profile: ProfileOpt = "default",
+    profile: ProfileOpt = None,
     set_: SetOpt = None,
     root: RootOpt = Path("."),
 ) -> None:
@@ -293,9 +327,10 @@ def train_ddp(
     cfg, _ = _setup(root, profile, set_)  # a bad knob or family fails here, once, not in every rank
     if family not in cfg.models.classifiers():
         _fail(f"--family {family!r} is not an enabled classifier family (choose from: {', '.join(cfg.models.classifiers())})", 2)
+    opts = _options(profile, set_)  # the ranks resolve the same config
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
-           "-m", "components.training.ddp", "--family", family, "--profile", profile, "--root", str(root)]  # fmt: skip
-    for item in set_ or []:
+           "-m", "components.training.ddp", "--family", family, "--profile", opts.profile, "--root", str(root)]  # fmt: skip
+    for item in opts.overrides:
         cmd += ["--set", item]
     raise typer.Exit(run_server(cmd))  # signals reach torchrun and every rank
 
@@ -312,7 +347,7 @@ def ui(
     if not _loopback(host):
         _fail(f"--host {host}: the MLflow UI has no login and can move aliases; it binds loopback only. "
               "Reach it through `ssh -L 5000:127.0.0.1:5000` or an authenticating reverse proxy", 2)  # fmt: skip
-    cfg, ws = _setup(root, "default", None)
+    cfg, ws = _setup(root)
     from components.tracking import mlflow_store as store
 
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or store.default_uri(ws)
@@ -331,7 +366,7 @@ def ui(
 @app.command()
 def schedule(
     cron: Annotated[str | None, typer.Option("--cron", help='cron schedule, e.g. "0 3 * * 1" (default: params.yaml schedule.cron)')] = None,
-    profile: ProfileOpt = "default",
+    profile: ProfileOpt = None,
     set_: SetOpt = None,
     source: Annotated[str | None, typer.Option("--source", help="image folder to retrain on (default: params.yaml data.source)")] = None,
     root: RootOpt = Path("."),
@@ -341,6 +376,7 @@ def schedule(
     import os
 
     cfg, ws = _setup(root, profile, set_)
+    opts = _options(profile, set_)  # what each scheduled run resolves again
     if not os.environ.get("PREFECT_API_URL"):
         _fail("PREFECT_API_URL is not set: start a server (`prefect server start --host 127.0.0.1 --port 4200`) "
               "and export PREFECT_API_URL=http://127.0.0.1:4200/api")  # fmt: skip
@@ -354,14 +390,14 @@ def schedule(
         schedule_ = Cron(cron)
     except Exception as exc:  # noqa: BLE001
         _fail(f"--cron {cron!r} is not a valid cron expression: {exc}", 2)
-    params = {"root": str(ws.root), "profile": profile, "overrides": set_ or [], "source": source}
+    params = {"root": str(ws.root), "profile": opts.profile, "overrides": list(opts.overrides), "source": source}
     from prefect import serve as serve_deployments
 
     from flows.monitor import monitor_flow
     from flows.rollout import rollout_flow
 
     monitor_params = {k: v for k, v in params.items() if k != "source"}
-    typer.echo(f"deployment retrain_flow/{name}: cron '{cron}', profile {profile}")
+    typer.echo(f"deployment retrain_flow/{name}: cron '{cron}', profile {opts.profile}")
     typer.echo(f"deployment monitor_flow/{name}-monitor: cron '{cfg.monitor.cron}' (production drift → retrain); serving runs until Ctrl-C")
     serve_deployments(
         retrain_flow.to_deployment(name=name, schedules=[schedule_], parameters=params),
@@ -373,7 +409,7 @@ def schedule(
 
 @app.command()
 def retrain(
-    profile: ProfileOpt = "default",
+    profile: ProfileOpt = None,
     set_: SetOpt = None,
     source: Annotated[str | None, typer.Option("--source", help="image folder (default: params.yaml data.source)")] = None,
     force: Annotated[bool, typer.Option("--force", help="retrain even without a data change or drift")] = False,
@@ -385,7 +421,7 @@ def retrain(
     with _writer(ws, "visionflow retrain", wait):
         from flows.retrain import retrain_flow
 
-        state = retrain_flow(root=str(ws.root), profile=profile, cfg=cfg, source=source, force=force, return_state=True)
+        state = retrain_flow(root=str(ws.root), profile=cfg.profile, cfg=cfg, source=source, force=force, return_state=True)
         res = _result_or_fail(state)
     typer.echo(f"retrained    : {'yes' if res['retrained'] else 'no'} ({res['reason']})")
     for k, v in res["metrics"].items():
@@ -396,7 +432,7 @@ def retrain(
 
 @app.command()
 def monitor(
-    profile: ProfileOpt = "default",
+    profile: ProfileOpt = None,
     set_: SetOpt = None,
     window_hours: Annotated[float | None, typer.Option("--window-hours", help="hours of served predictions to compare (default: monitor.window_hours)")] = None,
     retrain: Annotated[
@@ -426,7 +462,7 @@ def monitor(
         _fail(f"no inference log at {ws.inference_log}: serve the champion (`visionflow serve`) and send it requests first")
     from flows.monitor import monitor_flow
 
-    res = _result_or_fail(monitor_flow(root=str(ws.root), profile=profile, cfg=cfg, window_hours=window_hours, return_state=True))
+    res = _result_or_fail(monitor_flow(root=str(ws.root), profile=cfg.profile, cfg=cfg, window_hours=window_hours, return_state=True))
     typer.echo(f"champion     : {res.get('model_name', '?')} v{res.get('model_version', '?')}, {res.get('n', 0)} predictions, "
                f"{res.get('n_feedback', 0)} with feedback")  # fmt: skip
     for k, v in res["metrics"].items():
@@ -457,7 +493,7 @@ def package(
     root: RootOpt = Path("."),
 ) -> None:
     """Import the champion (and generator) into the BentoML store and build a Bento; with --image, an OCI image of it (--push: into a registry)."""
-    cfg, ws = _setup(root, "default", None)
+    cfg, ws = _setup(root)
     from components.packaging.bento import FLAVOURS
     from components.tracking import mlflow_store as store
 
@@ -524,7 +560,7 @@ def serve(
     if not _loopback(host) and not os.environ.get("VISIONFLOW_API_KEY"):
         _fail(f"--host {host} puts the service on the network: export VISIONFLOW_API_KEY=<a long random secret> first "
               "(clients then send 'Authorization: Bearer <key>'), or bind 127.0.0.1", 2)  # fmt: skip
-    cfg, ws = _setup(root, "default", None)
+    cfg, ws = _setup(root)
     from components.tracking import mlflow_store as store
 
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or store.default_uri(ws)
@@ -548,7 +584,7 @@ def promote(
     root: RootOpt = Path("."),
 ) -> None:
     """Move the `champion` alias by hand (recorded as manual, with who and when)."""
-    cfg, ws = _setup(root, "default", None)
+    cfg, ws = _setup(root)
     from components.tracking import mlflow_store as store
 
     store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
@@ -568,7 +604,7 @@ def deploy_manifests(
     root: RootOpt = Path("."),
 ) -> None:
     """Write Kubernetes YAML for the champion (Deployment by digest, Service, HPA, PDB, ConfigMap, PVC, kustomization), validated against the schemas."""
-    cfg, ws = _setup(root, "default", None)
+    cfg, ws = _setup(root)
     from components.delivery.deploy import champion_manifests
     from components.delivery.manifests import K8S_VERSION, ManifestOptions
     from components.tracking import mlflow_store as store
@@ -623,7 +659,7 @@ def deploy_registry(
     root: RootOpt = Path("."),
 ) -> None:
     """Serve a real OCI registry (Debian's docker-registry) on 127.0.0.1, its blobs in the workspace; Ctrl-C stops it."""
-    cfg, ws = _setup(root, "default", None)
+    cfg, ws = _setup(root)
     from components.delivery.registry import registry_command
     from components.process import run_server
 

@@ -20,7 +20,7 @@ from flows.cli import ProfileOpt, RootOpt, SetOpt, _fail, _result_or_fail, _setu
 ReasonOpt = Annotated[str, typer.Option("--reason", help="why, recorded on the version (rollout.reason) and in the alias history")]
 
 
-def _registry(root: Path, profile: str = "default", overrides: list[str] | None = None):
+def _registry(root: Path, profile: str | None = None, overrides: list[str] | None = None):
     cfg, ws = _setup(root, profile, overrides)
     from components.tracking import mlflow_store as store
 
@@ -77,7 +77,7 @@ def start(
     shadow_sample: Annotated[
         float | None, typer.Option("--shadow-sample", help="shadow: share of requests the challenger also answers [default: selection.rollout.shadow_sample]")
     ] = None,
-    profile: ProfileOpt = "default",
+    profile: ProfileOpt = None,
     set_: SetOpt = None,
     root: RootOpt = Path("."),
 ) -> None:
@@ -105,7 +105,7 @@ def start(
 
 
 @rollout_app.command("status")
-def status(profile: ProfileOpt = "default", set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
+def status(profile: ProfileOpt = None, set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
     """The rollout under way: stage, requests, agreement, error rate, latency, live accuracy of both, and the decision rule's verdict now."""
     cfg, ws = _registry(root, profile, set_)
     from components.delivery import rollout
@@ -150,7 +150,7 @@ def abort(reason: ReasonOpt = "", root: RootOpt = Path(".")) -> None:
 @rollout_app.command("evaluate")
 def evaluate(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="decide and print only: record nothing, move nothing")] = False,
-    profile: ProfileOpt = "default",
+    profile: ProfileOpt = None,
     set_: SetOpt = None,
     root: RootOpt = Path("."),
 ) -> None:
@@ -158,7 +158,7 @@ def evaluate(
     cfg, ws = _registry(root, profile, set_)
     from flows.rollout import rollout_flow
 
-    res = _result_or_fail(rollout_flow(root=str(ws.root), profile=profile, cfg=cfg, act=not dry_run, return_state=True))
+    res = _result_or_fail(rollout_flow(root=str(ws.root), profile=cfg.profile, cfg=cfg, act=not dry_run, return_state=True))
     if res["verdict"] is None:
         typer.echo("rollout      : none running; nothing to decide")
         return

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
 
 from PIL import Image
+from pydantic import ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
+from components.config import DataConfig
 from components.errors import VisionflowError
 
 IMAGE_FORMATS = {"PNG", "JPEG", "BMP", "MPO", "WEBP", "TIFF", "GIF"}  # MPO: camera JPEGs; as ingest reads
@@ -25,12 +28,19 @@ class InputError(VisionflowError, ValueError):
         self.status = status
 
 
-@dataclass(frozen=True)
-class Settings:
+BENTO_DEFAULTS = Path(__file__).with_name("bento_defaults.json")  # written into a Bento by components/packaging/bento.py
+FLAGS = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False}
+
+
+class Settings(BaseSettings):
+    """The service's knobs, each from VISIONFLOW_<FIELD> (flags: on/off, true/false, 1/0; empty: the default)."""
+
+    model_config = SettingsConfigDict(env_prefix="VISIONFLOW_", frozen=True, extra="ignore")
+
     model_uri: str = "models:/visionflow-classifier@champion"
-    generator_uri: str | None = "models:/visionflow-gan@generator"
+    generator_uri: str | None = "models:/visionflow-gan@generator"  # 'none' or empty: no generator
     poll_seconds: float = 5.0
-    max_pixels: int = 16_000_000
+    max_pixels: int = DataConfig.model_fields["max_pixels"].default  # the same decompression-bomb cap as ingest's
     max_bytes: int = 10 * 1024 * 1024
     max_generate: int = 64
     # process shape, measured side by side in benchmarks/bench_serving.py (docs/benchmarks.md, Serving)
@@ -51,41 +61,50 @@ class Settings:
     rollout: bool = True  # serve the challenger's shadow/canary stage when the registry records one (serving/rollout.py)
     rollout_metrics_seconds: float = 15.0  # visionflow_rollout_* refresh: a window query over the log, kept off most polls
     api_key: str | None = None  # with a key, every path but open_paths needs Authorization: Bearer <key>
-    open_paths: frozenset[str] = frozenset({"/", "/healthz", "/livez", "/readyz", "/metrics"})
+    open_paths: Annotated[frozenset[str], NoDecode] = frozenset({"/", "/healthz", "/livez", "/readyz", "/metrics"})  # env: a comma list
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         """Environment first; inside a Bento, serving/bento_defaults.json names the packaged models."""
-        from pathlib import Path
+        return cls()
 
-        defaults_file = Path(__file__).with_name("bento_defaults.json")
-        defaults = json.loads(defaults_file.read_text()) if defaults_file.exists() else {}
-        env = {**defaults, **os.environ}
-        gen = env.get("VISIONFLOW_GENERATOR_URI", cls.generator_uri)
-        return cls(
-            model_uri=env.get("VISIONFLOW_MODEL_URI", cls.model_uri),
-            generator_uri=None if gen in ("", "none") else gen,
-            poll_seconds=float(env.get("VISIONFLOW_POLL_SECONDS", cls.poll_seconds)),
-            max_pixels=int(env.get("VISIONFLOW_MAX_PIXELS", cls.max_pixels)),
-            max_bytes=int(env.get("VISIONFLOW_MAX_BYTES", cls.max_bytes)),
-            workers=int(env.get("VISIONFLOW_WORKERS", cls.workers)),
-            max_in_flight=int(env.get("VISIONFLOW_MAX_IN_FLIGHT", cls.max_in_flight)),
-            batching=_flag(env.get("VISIONFLOW_BATCHING"), cls.batching),
-            max_batch_size=int(env.get("VISIONFLOW_MAX_BATCH_SIZE", cls.max_batch_size)),
-            max_latency_ms=int(env.get("VISIONFLOW_MAX_LATENCY_MS", cls.max_latency_ms)),
-            batch_wait_ms=float(env.get("VISIONFLOW_BATCH_WAIT_MS", cls.batch_wait_ms)),
-            access_log=_flag(env.get("VISIONFLOW_ACCESS_LOG"), cls.access_log),
-            torch_threads=int(env.get("VISIONFLOW_TORCH_THREADS", cls.torch_threads)),
-            inference_log=env.get("VISIONFLOW_INFERENCE_LOG") or None,
-            log_sample=float(env.get("VISIONFLOW_LOG_SAMPLE", cls.log_sample)),
-            keep_images=_flag(env.get("VISIONFLOW_KEEP_IMAGES"), cls.keep_images),
-            keep_images_mb=float(env.get("VISIONFLOW_KEEP_IMAGES_MB", cls.keep_images_mb)),
-            log_max_rows=int(env.get("VISIONFLOW_LOG_MAX_ROWS", cls.log_max_rows)),
-            rollout=_flag(env.get("VISIONFLOW_ROLLOUT"), cls.rollout),
-            rollout_metrics_seconds=float(env.get("VISIONFLOW_ROLLOUT_METRICS_SECONDS", cls.rollout_metrics_seconds)),
-            api_key=env.get("VISIONFLOW_API_KEY") or None,
-            open_paths=frozenset(p.strip() for p in env["VISIONFLOW_OPEN_PATHS"].split(",") if p.strip()) if "VISIONFLOW_OPEN_PATHS" in env else cls.open_paths,
-        )
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[no-untyped-def]
+        return init_settings, env_settings, _BentoDefaults(settings_cls)
+
+    @field_validator("generator_uri", mode="before")
+    @classmethod
+    def _no_generator(cls, value: Any) -> Any:
+        return None if value in ("", "none") else value
+
+    @field_validator("inference_log", "api_key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return value or None
+
+    @field_validator("batching", "access_log", "keep_images", "rollout", mode="before")
+    @classmethod
+    def _flag(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return cls.model_fields[info.field_name].default  # type: ignore[index]
+        if value.strip().lower() not in FLAGS:
+            raise ValueError(f"expected on/off, true/false or 1/0, got {value!r}")
+        return FLAGS[value.strip().lower()]
+
+    @field_validator("open_paths", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return frozenset(p.strip() for p in value.split(",") if p.strip()) if isinstance(value, str) else value
+
+
+class _BentoDefaults(EnvSettingsSource):
+    """BENTO_DEFAULTS (VISIONFLOW_* names → values), read as the environment is but under it."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        raw = json.loads(BENTO_DEFAULTS.read_text()) if BENTO_DEFAULTS.exists() else {}
+        return {(k if self.case_sensitive else k.lower()): str(v) for k, v in raw.items()}
 
 
 def cap_batch_wait(max_wait_ms: float) -> None:
@@ -108,10 +127,6 @@ def cap_batch_wait(max_wait_ms: float) -> None:
 
     trigger_refresh._visionflow_cap = max_wait_ms  # type: ignore[attr-defined]
     Optimizer.trigger_refresh = trigger_refresh
-
-
-def _flag(value: str | None, default: bool) -> bool:
-    return default if value in (None, "") else value.strip().lower() in ("1", "true", "on", "yes")
 
 
 def lineage_of(name: str, version: str, run_id: str, tags: dict[str, str]) -> dict[str, Any]:

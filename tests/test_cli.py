@@ -43,6 +43,22 @@ def test_bad_config_fails_before_work_in_one_line(tmp_path):
 
 
 @pytest.mark.integration  # a subprocess
+def test_global_profile_and_set_reach_every_config_reading_command(tmp_path):
+    """`visionflow --profile/--set` (one callback) reach the commands with no options of their own; theirs win when given."""
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    for args in (["promote", "x", "1"], ["package"], ["deploy", "manifests"], ["rollout", "abort"]):
+        out = _run(["--set", "tracking.nope=1", *args], tmp_path)
+        assert out.returncode == 2, (args, out.stderr)
+        err = out.stderr.strip()
+        assert len(err.splitlines()) == 1 and "tracking.nope" in err, (args, err)
+    assert not (tmp_path / ".visionflow").exists()  # failed before any work
+    out = _run(["--profile", "fastest", "serve"], tmp_path)
+    assert out.returncode == 2 and "allowed: default, full, quick" in out.stderr
+    out = _run(["--profile", "fastest", "validate", "--profile", "quick"], tmp_path)  # the command's own --profile wins
+    assert out.returncode == 1 and "visionflow ingest" in out.stderr
+
+
+@pytest.mark.integration  # a subprocess
 def test_validate_without_data_says_what_to_do(tmp_path):
     out = _run(["validate"], tmp_path)
     assert out.returncode == 1 and "visionflow ingest" in out.stderr

@@ -4,7 +4,6 @@ valid, pinned by digest, locked down, with lineage a cluster can select on. Fast
 from __future__ import annotations
 
 import re
-from dataclasses import fields
 
 import pytest
 import yaml
@@ -162,7 +161,7 @@ def test_kustomization_lists_every_file_written(tmp_path):
 
 
 def test_serving_knobs_come_from_settings():
-    defaults = {f.name: f.default for f in fields(Settings)}
+    defaults = {name: f.default for name, f in Settings.model_fields.items()}
     data = docs(render_manifests(IMAGE, LINEAGE))["configmap.yaml"]["data"]
     assert set(data) == set(KNOBS)
     assert data["VISIONFLOW_BATCHING"] == ("on" if defaults["batching"] else "off")

@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +206,7 @@ def label_value(value: str) -> str:
 def serving_env(overrides: Mapping[str, str | int | float | bool] | None = None) -> dict[str, str]:
     """The ConfigMap's serving knobs: serving.settings.Settings defaults, then `overrides` (keys are
     VISIONFLOW_* names or Settings field names)."""
-    defaults = {f.name: f.default for f in fields(Settings)}
+    defaults = {name: f.default for name, f in Settings.model_fields.items()}
     by_field = {f: env for env, f in KNOBS.items()}
     values: dict[str, Any] = {env: defaults[f] for env, f in KNOBS.items()}
     for key, value in (overrides or {}).items():
@@ -219,7 +219,7 @@ def serving_env(overrides: Mapping[str, str | int | float | bool] | None = None)
 
 def _env_text(value: Any) -> str:
     if isinstance(value, bool):
-        return "on" if value else "off"  # serving.settings._flag reads on/off
+        return "on" if value else "off"  # serving.settings.Settings reads on/off
     return str(value)
 
 
