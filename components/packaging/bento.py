@@ -26,8 +26,8 @@ SERVICE = "serving.service:Visionflow"
 FLAVOURS = ("slim", "full")
 # What the service imports at run time in each flavour (components.data/tracking/workspace + serving).
 RUNTIME_PACKAGES = {
-    "full": ["torch", "torchvision", "mlflow", "bentoml", "pillow", "numpy", "pydantic", "pyyaml", "pandas", "fastapi"],
-    "slim": ["onnxruntime", "bentoml", "pillow", "numpy", "pydantic", "pyyaml", "fastapi"],
+    "full": ["torch", "torchvision", "mlflow", "bentoml", "pillow", "numpy", "pydantic", "pydantic-settings", "pyyaml", "pandas", "fastapi"],
+    "slim": ["onnxruntime", "bentoml", "pillow", "numpy", "pydantic", "pydantic-settings", "pyyaml", "fastapi"],
 }
 
 
