@@ -61,6 +61,13 @@ class RolloutState:
 STATE = RolloutState()
 
 
+def rollout_row(request_id: str, mode: str, name: str, version: str, answer: dict | None, latency_ms: float, exc: Exception | None = None) -> dict:
+    """One row of the inference log's rollout_log: an attempt's answer, or its error."""
+    return {"request_id": request_id, "ts": time.time(), "mode": mode, "model_name": name, "model_version": version,
+            "predicted": answer["class_name"] if answer else None, "confidence": answer["confidence"] if answer else None,
+            "latency_ms": latency_ms, "error": None if exc is None else f"{type(exc).__name__}: {str(exc)[:200]}"}  # fmt: skip
+
+
 def challenger_uri(model_uri: str) -> str | None:
     """models:/NAME@champion → NAME's challenger; a pinned version or a Bento's model has no rollout."""
     if model_uri.startswith("models:/") and model_uri.endswith("@champion"):
@@ -209,14 +216,10 @@ class ShadowWorker:
         try:
             answers, _ = model.predict(images)
             ms = (time.perf_counter() - t0) * 1000
-            rows = [{"request_id": rid, "ts": time.time(), "mode": "shadow", "model_name": stage.name, "model_version": stage.version,
-                     "predicted": a["class_name"], "confidence": a["confidence"], "latency_ms": ms, "error": None}
-                    for rid, a in zip(request_ids, answers)]  # fmt: skip
+            rows = [rollout_row(rid, "shadow", stage.name, stage.version, a, ms) for rid, a in zip(request_ids, answers)]
         except Exception as exc:  # a failing challenger is evidence, not an outage
             ms = (time.perf_counter() - t0) * 1000
-            err = f"{type(exc).__name__}: {str(exc)[:200]}"
-            rows = [{"request_id": rid, "ts": time.time(), "mode": "shadow", "model_name": stage.name, "model_version": stage.version,
-                     "predicted": None, "confidence": None, "latency_ms": ms, "error": err} for rid in request_ids]  # fmt: skip
+            rows = [rollout_row(rid, "shadow", stage.name, stage.version, None, ms, exc) for rid in request_ids]
         try:
             self.record(rows)
         except Exception as exc:  # a full disk must not stop the thread

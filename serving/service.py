@@ -193,24 +193,18 @@ class Visionflow:
             t = time.perf_counter()
             try:
                 answers, stats = challenger.predict(images)
-                return challenger, answers, stats, [self._rollout_row(stage, "canary", a, t) for a in answers]
+                ms = (time.perf_counter() - t) * 1000
+                return challenger, answers, stats, [rollout.rollout_row("", "canary", stage.name, stage.version, a, ms) for a in answers]
             except Exception as exc:
-                self._record_rollout([{**self._rollout_row(stage, "canary", None, t, exc), "request_id": uuid.uuid4().hex} for _ in images])
+                ms = (time.perf_counter() - t) * 1000
+                self._record_rollout([rollout.rollout_row(uuid.uuid4().hex, "canary", stage.name, stage.version, None, ms, exc) for _ in images])
         try:
             answers, stats = model.predict(images)
         except Exception as exc:
-            if cur is not None:  # a champion failure during a rollout is evidence too
-                t = time.perf_counter()
-                self._record_rollout([{**self._rollout_row(cur[0], "champion", None, t, exc, model), "request_id": uuid.uuid4().hex} for _ in images])
+            if cur is not None:  # a champion failure during a rollout is evidence too (its latency is not: failures count in the error rate only)
+                self._record_rollout([rollout.rollout_row(uuid.uuid4().hex, "champion", model.name, str(model.version), None, 0.0, exc) for _ in images])
             raise
         return model, answers, stats, []
-
-    @staticmethod
-    def _rollout_row(stage, mode: str, answer: dict | None, t0: float, exc: Exception | None = None, model=None) -> dict:
-        name, version = (model.name, str(model.version)) if model is not None else (stage.name, stage.version)
-        return {"ts": time.time(), "mode": mode, "model_name": name, "model_version": version,
-                "predicted": answer["class_name"] if answer else None, "confidence": answer["confidence"] if answer else None,
-                "latency_ms": (time.perf_counter() - t0) * 1000, "error": None if exc is None else f"{type(exc).__name__}: {str(exc)[:200]}"}  # fmt: skip
 
     def _record_rollout(self, rows: list[dict]) -> None:
         if self.inference_log is None or not rows:
