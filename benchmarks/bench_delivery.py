@@ -17,7 +17,6 @@ the same as trained ones.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import os
 import platform
@@ -32,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import REPO, Server, closed_loop, free_port, open_loop  # noqa: E402
+from bench_serving import REPO, Server, free_port, load_profile  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -160,14 +159,10 @@ def serving(args) -> None:
                 server = Server({"VISIONFLOW_HOME": str(home), "VISIONFLOW_INFERENCE_LOG": "off"}, poll=3600, model=uris[runtime])
                 try:
                     server.wait_ready()
-                    url = f"{server.url}/classify"
-                    asyncio.run(closed_loop(url, "image", body, 8, 2))  # warm-up
-                    closed = asyncio.run(closed_loop(url, "image", body, 32, args.seconds))
-                    opened, _ = asyncio.run(open_loop(url, "image", body, args.rate, args.open_seconds))
-                    pss = server.memory_mb()[0]
+                    run = load_profile(server, body, args.seconds, args.rate, args.open_seconds)
                 finally:
                     server.stop()
-                errors = {k: v for k, v in {**closed["codes"], **opened["codes"]}.items() if k != "200"}
+                closed, opened, pss, errors = run["closed"], run["open"], run["pss_mb"], run["errors"]
                 key = (label, runtime)
                 prev = results.get(key)
                 results[key] = {"req_s": closed["req_s"] + (prev["req_s"] if prev else 0), "p99": max(opened["p99_ms"], prev["p99"] if prev else 0)}

@@ -15,7 +15,6 @@ the test split with feedback and lets `visionflow rollout evaluate` decide.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import os
 import subprocess
@@ -29,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import CLI, REPO, Server, closed_loop, open_loop  # noqa: E402
+from bench_serving import CLI, REPO, Server, load_profile  # noqa: E402
 
 
 def _workspace():
@@ -121,14 +120,10 @@ def cost(args) -> None:
                 server.wait_ready()
                 if mode == "shadow":
                     _wait_stage(server.url, "shadow")
-                url = f"{server.url}/classify"
-                asyncio.run(closed_loop(url, "image", body, 8, 2))
-                closed = asyncio.run(closed_loop(url, "image", body, 32, args.seconds))
-                opened, _ = asyncio.run(open_loop(url, "image", body, args.rate, args.open_seconds))
-                pss = server.memory_mb()[0]
+                run = load_profile(server, body, args.seconds, args.rate, args.open_seconds)
             finally:
                 server.stop()
-            bad = {k: v for k, v in {**closed["codes"], **opened["codes"]}.items() if k != "200"}
+            closed, opened, pss, bad = run["closed"], run["open"], run["pss_mb"], run["errors"]
             totals[mode].append((closed["req_s"], opened["p99_ms"], pss))
             print(f"| {mode} | {closed['req_s']:.0f} ({closed['p50_ms']:.0f} / {closed['p99_ms']:.0f}) | {opened['p50_ms']:.1f} / {opened['p99_ms']:.1f} | "
                   f"{bad or 0} | {pss:.0f} |", flush=True)  # fmt: skip

@@ -178,6 +178,17 @@ async def open_loop(url: str, field: str, body: bytes, rate: float, seconds: flo
         return rec.summary(time.perf_counter() - t0), rec
 
 
+def load_profile(server: Server, body: bytes, seconds: float, rate: float, open_seconds: float) -> dict:
+    """A short warm-up, `seconds` of c=32 closed loop, `open_seconds` of open loop at `rate`, and the
+    server's PSS: the side-by-side figures of bench_delivery.py and bench_rollout.py."""
+    url = f"{server.url}/classify"
+    asyncio.run(closed_loop(url, "image", body, 8, 2))
+    closed = asyncio.run(closed_loop(url, "image", body, 32, seconds))
+    opened, _ = asyncio.run(open_loop(url, "image", body, rate, open_seconds))
+    errors = {k: v for k, v in {**closed["codes"], **opened["codes"]}.items() if k != "200"}
+    return {"closed": closed, "open": opened, "pss_mb": server.memory_mb()[0], "errors": errors}
+
+
 def _row(name: str, c: int, r: dict) -> str:
     return f"| {name} | {c} | {r['req_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['codes']} |"
 
