@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,24 @@ def tracking_env():
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@contextmanager
+def workspace_store(root: Path):
+    """A project's own MLflow store for a module-scoped fixture: (workspace, tracking uri, experiment id);
+    MLFLOW_TRACKING_URI (exported by configure for workers) is put back afterwards, as tracking_env does per test."""
+    from components.tracking import mlflow_store as store
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    ws = Workspace.at(root, home=root / ".visionflow")
+    uri, exp = store.configure(ws)
+    try:
+        yield ws, uri, exp
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def free_port() -> int:

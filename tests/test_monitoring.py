@@ -23,7 +23,7 @@ from components.evaluation.drift import data_stats
 from components.monitoring.inference_log import FeedbackError, InferenceLog
 from components.monitoring.production import decide, feedback_source, production_stats
 from components.tracking import mlflow_store as store
-from components.workspace import Workspace
+from tests.conftest import workspace_store
 from tests.test_serving import _png, _register, _serve
 
 CLASSES = ["cat", "dog", "owl"]
@@ -129,25 +129,19 @@ def test_feedback_source_adds_each_labelled_image_once(tmp_path):
 def monitored(tmp_path_factory):
     """A served champion with the inference log at a known path, images kept, access log on, stderr captured."""
     root = tmp_path_factory.mktemp("monitored")
-    ws = Workspace.at(root, home=root / ".visionflow")
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    uri, exp = store.configure(ws)
-    v1 = _register(exp, "cnn", 1, {"data_version": "a" * 32, "params_hash": "b" * 16, "git_commit": "c" * 40})
-    store.set_alias(store.CLASSIFIER_MODEL, store.CHAMPION, v1)
-    log_path = root / "inference.db"
-    stderr = root / "serve.stderr"
-    with stderr.open("w") as err:
-        proc, base = _serve(root, uri, VISIONFLOW_INFERENCE_LOG=str(log_path), VISIONFLOW_KEEP_IMAGES="on", VISIONFLOW_ACCESS_LOG="on",
-                            VISIONFLOW_GENERATOR_URI="none", _stderr=err)  # fmt: skip
-    try:
-        yield {"base": base, "log": log_path, "v1": v1, "stderr": stderr, "root": root, "uri": uri}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before
+    with workspace_store(root) as (ws, uri, exp):
+        v1 = _register(exp, "cnn", 1, {"data_version": "a" * 32, "params_hash": "b" * 16, "git_commit": "c" * 40})
+        store.set_alias(store.CLASSIFIER_MODEL, store.CHAMPION, v1)
+        log_path = root / "inference.db"
+        stderr = root / "serve.stderr"
+        with stderr.open("w") as err:
+            proc, base = _serve(root, uri, VISIONFLOW_INFERENCE_LOG=str(log_path), VISIONFLOW_KEEP_IMAGES="on", VISIONFLOW_ACCESS_LOG="on",
+                                VISIONFLOW_GENERATOR_URI="none", _stderr=err)  # fmt: skip
+        try:
+            yield {"base": base, "log": log_path, "v1": v1, "stderr": stderr, "root": root, "uri": uri}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ with none failed."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
@@ -20,7 +19,7 @@ from components.data.datasets import DatasetSpec
 from components.models import create_model
 from components.monitoring.inference_log import InferenceLog
 from components.tracking import mlflow_store as store
-from components.workspace import Workspace
+from tests.conftest import workspace_store
 from tests.test_serving import SPEC, _png, _register, _serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -67,26 +66,20 @@ def _classify(base: str, seed: int, client: str | None = None) -> httpx.Response
 @pytest.fixture(scope="module")
 def rollout_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("rollout-project")
-    ws = Workspace.at(root, home=root / ".visionflow")
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    uri, exp = store.configure(ws)
-    lineage = {"data_version": "a" * 32, "params_hash": "b" * 16, "git_commit": "c" * 40}
-    torch.manual_seed(0)
-    v1 = _register(exp, "cnn", 1, lineage)
-    v2 = _register(exp, "cnn", 2, lineage)
-    bad = _broken_challenger(exp, lineage)
-    store.set_alias(store.CLASSIFIER_MODEL, store.CHAMPION, v1)
-    log_path = root / "inference.db"
-    proc, base = _serve(root, uri, VISIONFLOW_INFERENCE_LOG=str(log_path), VISIONFLOW_GENERATOR_URI="none", VISIONFLOW_ROLLOUT_METRICS_SECONDS="0")
-    try:
-        yield {"base": base, "v1": v1, "v2": v2, "bad": bad, "log": log_path}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before
+    with workspace_store(root) as (ws, uri, exp):
+        lineage = {"data_version": "a" * 32, "params_hash": "b" * 16, "git_commit": "c" * 40}
+        torch.manual_seed(0)
+        v1 = _register(exp, "cnn", 1, lineage)
+        v2 = _register(exp, "cnn", 2, lineage)
+        bad = _broken_challenger(exp, lineage)
+        store.set_alias(store.CLASSIFIER_MODEL, store.CHAMPION, v1)
+        log_path = root / "inference.db"
+        proc, base = _serve(root, uri, VISIONFLOW_INFERENCE_LOG=str(log_path), VISIONFLOW_GENERATOR_URI="none", VISIONFLOW_ROLLOUT_METRICS_SECONDS="0")
+        try:
+            yield {"base": base, "v1": v1, "v2": v2, "bad": bad, "log": log_path}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def test_shadow_logs_the_challenger_under_the_clients_request_ids_and_returns_only_the_champion(rollout_server):

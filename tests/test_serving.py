@@ -18,8 +18,7 @@ from PIL import Image
 from components.data.datasets import DatasetSpec
 from components.models import create_model
 from components.tracking import mlflow_store as store
-from components.workspace import Workspace
-from tests.conftest import free_port, wait_http_ok
+from tests.conftest import free_port, wait_http_ok, workspace_store
 
 pytestmark = pytest.mark.integration  # real servers / subprocess CLIs
 
@@ -65,25 +64,19 @@ def _serve(root: Path, uri: str, _stderr=subprocess.DEVNULL, **settings: str):
 def server(tmp_path_factory):
     """The shipped configuration (adaptive batching on); `unbatched` below serves the other one."""
     root = tmp_path_factory.mktemp("serving-project")
-    ws = Workspace.at(root, home=root / ".visionflow")
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    uri, exp = store.configure(ws)
-    lineage = {"data_version": "a" * 32, "params_hash": "b" * 16, "git_commit": "c" * 40}
-    v1 = _register(exp, "cnn", 1, lineage)
-    v2 = _register(exp, "cnn", 2, {**lineage, "data_version": "e" * 32})
-    g1 = _register(exp, "gan", 3, lineage)
-    store.set_alias(store.CLASSIFIER_MODEL, store.CHAMPION, v1)
-    store.set_alias(store.GENERATOR_MODEL, store.GENERATOR, g1)
-    proc, base = _serve(root, uri)
-    try:
-        yield {"base": base, "v1": v1, "v2": v2, "g1": g1, "uri": uri, "root": root, "ws": ws}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before
+    with workspace_store(root) as (ws, uri, exp):
+        lineage = {"data_version": "a" * 32, "params_hash": "b" * 16, "git_commit": "c" * 40}
+        v1 = _register(exp, "cnn", 1, lineage)
+        v2 = _register(exp, "cnn", 2, {**lineage, "data_version": "e" * 32})
+        g1 = _register(exp, "gan", 3, lineage)
+        store.set_alias(store.CLASSIFIER_MODEL, store.CHAMPION, v1)
+        store.set_alias(store.GENERATOR_MODEL, store.GENERATOR, g1)
+        proc, base = _serve(root, uri)
+        try:
+            yield {"base": base, "v1": v1, "v2": v2, "g1": g1, "uri": uri, "root": root, "ws": ws}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 @pytest.mark.slow
