@@ -90,16 +90,17 @@ def _engine(builder: str) -> str:
     return builder
 
 
-def image_exists(builder: str, ref: str) -> bool:
+def _inspect_command(builder: str, ref: str) -> list[str]:
     engine = _engine(builder)
-    cmd = [engine, "image", "inspect", ref] if engine != "buildah" else ["buildah", "inspect", "--type", "image", ref]
-    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+    return [engine, "image", "inspect", ref] if engine != "buildah" else ["buildah", "inspect", "--type", "image", ref]
+
+
+def image_exists(builder: str, ref: str) -> bool:
+    return subprocess.run(_inspect_command(builder, ref), capture_output=True, check=False).returncode == 0
 
 
 def inspect_image(builder: str, ref: str) -> dict:
-    engine = _engine(builder)
-    cmd = [engine, "image", "inspect", ref] if engine != "buildah" else ["buildah", "inspect", "--type", "image", ref]
-    data = json.loads(_run(cmd, f"inspect {ref}"))
+    data = json.loads(_run(_inspect_command(builder, ref), f"inspect {ref}"))
     return data[0] if isinstance(data, list) else data
 
 
