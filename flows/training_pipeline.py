@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,11 @@ from components.data import versioning
 from components.data.datasets import DatasetSpec
 from components.evaluation import evaluate as ev
 from components.evaluation.report import markdown_table, write_report
-from components.lineage import code_version
+from components.lineage import EVALUATION_CODE, TRAINING_CODE, code_version
 from components.locking import workspace_lock
 from components.models import family_of
 from components.process import STOP
+from components.results import Evaluation, FusedModel, GanEvaluation, TrainedModel, weights_digest
 from components.tracking import mlflow_store as store
 from components.tracking import promotion
 from components.training import runner
@@ -58,6 +59,7 @@ class PipelineResult:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # test metrics per model
     aliases: list[dict[str, Any]] = field(default_factory=list)  # who holds champion/challenger/generator after the run, and why
     registered: list[dict[str, Any]] = field(default_factory=list)  # what this run registered and what became of it, and why
+    evaluations_cached: list[str] = field(default_factory=list)  # models whose evaluation came from the cache
 
 
 def _input_example(spec: DatasetSpec):
@@ -68,14 +70,28 @@ def _input_example(spec: DatasetSpec):
 
 
 def family_cache_key(key: str, fam, cfg: Config, data_version: str) -> str:
-    """data version + the family's resolved config (+ engine) + the code's version: the same key → the same model."""
-    blob = json.dumps({"family": fam.model_dump(mode="json"), "engine": cfg.engine.model_dump(mode="json", exclude={"progress"}),
-                       "code": code_version()}, sort_keys=True)  # fmt: skip
+    """data version + the family's resolved config (+ engine) + the training code's version: the same
+    key → the same model. The family's search space (`visionflow tune`) trains nothing."""
+    blob = json.dumps({"family": fam.model_dump(mode="json", exclude={"search"}), "engine": cfg.engine.model_dump(mode="json", exclude={"progress"}),
+                       "code": code_version(TRAINING_CODE)}, sort_keys=True)  # fmt: skip
     return f"{key}-{data_version[:12]}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def evaluation_cache_key(key: str, model_paths: list[str], cfg: Config, data_version: str, tracking_uri: str, extra: Any = None) -> str:
+    """What an evaluation is a function of: the weights (not the file), the data version (its test
+    split), the evaluation config and code, and the MLflow store its logged model lives in."""
+    blob = json.dumps({"weights": [weights_digest(p) for p in model_paths], "data": data_version, "evaluation": cfg.evaluation.model_dump(mode="json"),
+                       "code": code_version(EVALUATION_CODE), "tracking": tracking_uri, "extra": extra}, sort_keys=True, default=str)  # fmt: skip
+    return f"eval-{key}-{data_version[:12]}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 def _by_cache_key(_context, parameters: dict) -> str:
     return parameters["cache_key"]
+
+
+def _must_reevaluate(force: bool, out_dir: Path) -> bool:
+    # a cached evaluation names files under its folder: if they are gone, evaluate again
+    return force or not (out_dir / "evaluation.json").exists()
 
 
 def _must_retrain(force: bool, models_dir: str, cache_key: str) -> bool:
@@ -117,7 +133,7 @@ def _resume_point(out: Path, key: str, fresh: bool, tags: dict[str, str]) -> int
 
 @task(name="train-classifier", cache_key_fn=_by_cache_key, persist_result=True)
 def train_classifier_task(key: str, cfg: Config, data_dir: str, models_dir: str, cache_key: str, tracking_uri: str, exp_id: str, parent_id: str, lineage: dict,
-                          fresh: bool = False) -> dict:  # fmt: skip
+                          fresh: bool = False) -> TrainedModel:  # fmt: skip
     store.use_tracking_uri(tracking_uri)  # this may run in another process (Dask worker)
     fam = cfg.models.classifiers()[key]
     out = Path(models_dir) / cache_key
@@ -134,12 +150,14 @@ def train_classifier_task(key: str, cfg: Config, data_dir: str, models_dir: str,
         {"val_acc": result["val_acc"], "best_epoch": result["best_epoch"], "train_seconds": result["train_seconds"], "train_img_per_s": result["img_per_s"]},
     )
     get_run_logger().info("%s: val acc %.4f after %d epochs (%.0fs)", key, result["val_acc"], result["epochs_run"], result["train_seconds"])
-    return {**{k: v for k, v in result.items() if k != "history"}, "run_id": run_id, "parent_id": parent_id, "cache_key": cache_key}
+    return TrainedModel(key, result["model"], result["family"], result["path"], run_id, parent_id, cache_key, val_acc=result["val_acc"],
+                        best_epoch=result["best_epoch"], epochs_run=result["epochs_run"], train_seconds=result["train_seconds"],
+                        img_per_s=result["img_per_s"], device=result["device"])  # fmt: skip
 
 
 @task(name="train-gan", cache_key_fn=_by_cache_key, persist_result=True)
 def train_gan_task(key: str, cfg: Config, data_dir: str, models_dir: str, cache_key: str, tracking_uri: str, exp_id: str, parent_id: str, lineage: dict,
-                   fresh: bool = False) -> dict:  # fmt: skip
+                   fresh: bool = False) -> TrainedModel:  # fmt: skip
     store.use_tracking_uri(tracking_uri)
     fam = cfg.models[key]
     out = Path(models_dir) / cache_key
@@ -152,26 +170,25 @@ def train_gan_task(key: str, cfg: Config, data_dir: str, models_dir: str, cache_
                                   key=key)  # fmt: skip
     history_path = out / key / "history.json"
     history_path.write_text(json.dumps(result["history"]))
-    return {**{k: v for k, v in result.items() if k != "history"}, "run_id": run_id, "history_path": str(history_path),
-            "parent_id": parent_id, "cache_key": cache_key}  # fmt: skip
+    return TrainedModel(key, result["model"], result["family"], result["path"], run_id, parent_id, cache_key, epochs_run=result["epochs_run"],
+                        train_seconds=result["train_seconds"], device=result["device"], history_path=str(history_path))  # fmt: skip
 
 
 @task(name="adopt-cached", cache_policy=NO_CACHE)
-def adopt_cached_task(trained: dict, cfg: Config, exp_id: str, parent_id: str, lineage: dict) -> dict:
+def adopt_cached_task(trained: TrainedModel, cfg: Config, exp_id: str, parent_id: str, lineage: dict) -> TrainedModel:
     """A family served from the cache gets a nested run in this pipeline run that points at the run
     that trained it (tag `cached_from`), so this run's report and registry entries stay complete."""
-    key = trained["key"]
-    fam = cfg.models[key]
-    run_id = store.start_run(exp_id, key, {**lineage, "family": trained["family"], "model": fam.model, "cache_key": trained["cache_key"],
-                                           "cached_from": trained["run_id"]}, _family_params(fam), parent_id)  # fmt: skip
-    if "val_acc" in trained:
-        store.log_metrics(run_id, {"val_acc": trained["val_acc"], "best_epoch": trained["best_epoch"], "train_seconds": 0.0})
-    get_run_logger().info("%s: cached (cache key %s, trained in run %s): training skipped; --force retrains", key, trained["cache_key"], trained["run_id"])
-    return {**trained, "run_id": run_id, "parent_id": parent_id, "cached": True}
+    fam = cfg.models[trained.key]
+    run_id = store.start_run(exp_id, trained.key, {**lineage, "family": trained.family, "model": fam.model, "cache_key": trained.cache_key,
+                                                   "cached_from": trained.run_id}, _family_params(fam), parent_id)  # fmt: skip
+    if trained.val_acc is not None:
+        store.log_metrics(run_id, {"val_acc": trained.val_acc, "best_epoch": trained.best_epoch, "train_seconds": 0.0})
+    get_run_logger().info("%s: cached (cache key %s, trained in run %s): training skipped; --force retrains", trained.key, trained.cache_key, trained.run_id)
+    return replace(trained, run_id=run_id, parent_id=parent_id, cached_from=trained.run_id)
 
 
 @task(name="decision-fusion", cache_policy=NO_CACHE)
-def fuse_task(key: str, cfg: Config, member_paths: dict[str, str], data_dir: str, run_dir: str, exp_id: str, parent_id: str, lineage: dict) -> dict:
+def fuse_task(key: str, cfg: Config, member_paths: dict[str, str], data_dir: str, run_dir: str, exp_id: str, parent_id: str, lineage: dict) -> FusedModel:
     fam = cfg.models[key]
     run_id = store.start_run(exp_id, key, {**lineage, "family": "hybrid", "model": "decision_fusion"},
                              {"members": json.dumps(list(fam.members)), "alpha_steps": str(fam.alpha_steps), "calibrate": str(fam.calibrate),
@@ -180,36 +197,61 @@ def fuse_task(key: str, cfg: Config, member_paths: dict[str, str], data_dir: str
     store.log_metrics(run_id, {"alpha": result["alpha"], "val_acc": result["val_acc"], "temperature_1": result["temperatures"][0],
                                "temperature_2": result["temperatures"][1]})  # fmt: skip
     get_run_logger().info("%s: α=%.2f chosen on validation (val acc %.4f)", key, result["alpha"], result["val_acc"])
-    return {**result, "run_id": run_id}
+    return FusedModel(key, result["model"], result["family"], result["path"], run_id, parent_id, val_acc=result["val_acc"], alpha=result["alpha"],
+                      temperatures=tuple(result["temperatures"]), members=tuple(result["members"]))  # fmt: skip
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(trained: dict, cfg: Config, data_dir: str, run_dir: str) -> dict:
-    key = trained["key"]
-    out = ev.evaluate_classifier_file(key, trained["path"], Path(data_dir), Path(run_dir) / key / "evaluation", cfg.evaluation)
-    store.log_metrics(trained["run_id"], {**{f"test_{k}": v for k, v in out["metrics"].items()}, "val_robust_accuracy": out["val_robust"]})
-    store.log_artifacts(trained["run_id"], [Path(p) for p in out["images"]] + [Path(out["correct_path"])], "evaluation")
-    model, spec = runner.load_trained(trained["path"])
-    model_uri = store.log_model(trained["run_id"], model, _input_example(spec), spec.to_json(),
-                                extra_metadata={"task": "classification", "model_key": key})  # fmt: skip
-    return {**out, "key": key, "run_id": trained["run_id"], "model_uri": model_uri, "val_acc": trained["val_acc"], "path": trained["path"]}
+@task(name="evaluate", cache_key_fn=_by_cache_key, persist_result=True)
+def evaluate_task(trained: TrainedModel, cfg: Config, data_dir: str, out_dir: str, cache_key: str) -> Evaluation:
+    """The test-split evaluation and the logged model, on the run that trained (or adopted) the
+    model; cached by `evaluation_cache_key`, so unchanged weights, data and code are not evaluated twice."""
+    out = ev.evaluate_classifier_file(trained.key, trained.path, Path(data_dir), Path(out_dir), cfg.evaluation)
+    store.log_metrics(trained.run_id, {**{f"test_{k}": v for k, v in out["metrics"].items()}, "val_robust_accuracy": out["val_robust"]})
+    store.log_artifacts(trained.run_id, [Path(p) for p in out["images"]] + [Path(out["correct_path"])], "evaluation")
+    model, spec = runner.load_trained(trained.path)
+    model_uri = store.log_model(trained.run_id, model, _input_example(spec), spec.to_json(),
+                                extra_metadata={"task": "classification", "model_key": trained.key})  # fmt: skip
+    result = Evaluation(trained.key, out["row"]["family"], trained.run_id, model_uri, trained.path, float(trained.val_acc or 0.0), out["val_robust"],
+                        out["correct_path"], out["metrics"], tuple(out["images"]))  # fmt: skip
+    (Path(out_dir) / "evaluation.json").write_text(json.dumps({"run_id": trained.run_id, "model_uri": model_uri, "metrics": out["metrics"]}))
+    return result
 
 
-@task(name="evaluate-gan", cache_policy=NO_CACHE)
-def evaluate_gan_task(trained: dict, judge_path: str, cfg: Config, data_dir: str, run_dir: str) -> dict:
+@task(name="evaluate-gan", cache_key_fn=_by_cache_key, persist_result=True)
+def evaluate_gan_task(trained: TrainedModel, judge_path: str, cfg: Config, data_dir: str, out_dir: str, cache_key: str) -> GanEvaluation:
     import numpy as np
 
-    history = json.loads(Path(trained["history_path"]).read_text())
-    cnn = cfg.models.get("cnn")
-    cnn_hparams = cnn.hparams if cnn is not None and getattr(cnn, "model", None) == "cnn" else None  # GAN-train uses the configured cnn
-    out = ev.evaluate_gan_file(trained["path"], judge_path, Path(data_dir), Path(run_dir) / trained["key"] / "evaluation", cfg.evaluation, history,
-                               cnn_hparams=cnn_hparams)  # fmt: skip
-    store.log_metrics(trained["run_id"], out["metrics"])
-    store.log_artifacts(trained["run_id"], [Path(p) for p in out["images"]], "evaluation")
-    gan, spec = runner.load_trained(trained["path"])
-    model_uri = store.log_model(trained["run_id"], gan, np.array([0, 1], dtype=np.int64), spec.to_json(),
+    history = json.loads(Path(trained.history_path).read_text()) if trained.history_path else []
+    out = ev.evaluate_gan_file(trained.path, judge_path, Path(data_dir), Path(out_dir), cfg.evaluation, history, cnn_hparams=_gan_train_hparams(cfg))
+    store.log_metrics(trained.run_id, out["metrics"])
+    store.log_artifacts(trained.run_id, [Path(p) for p in out["images"]], "evaluation")
+    gan, spec = runner.load_trained(trained.path)
+    model_uri = store.log_model(trained.run_id, gan, np.array([0, 1], dtype=np.int64), spec.to_json(),
                                 extra_metadata={"task": "generation"})  # fmt: skip
-    return {**out, "key": trained["key"], "run_id": trained["run_id"], "model_uri": model_uri}
+    (Path(out_dir) / "evaluation.json").write_text(json.dumps({"run_id": trained.run_id, "model_uri": model_uri, "metrics": out["metrics"]}))
+    return GanEvaluation(trained.key, trained.run_id, model_uri, out["metrics"]["gan_test"], out["metrics"]["gan_train"], int(out["row"]["params"]),
+                         tuple(out["images"]))  # fmt: skip
+
+
+def _gan_train_hparams(cfg: Config) -> dict | None:
+    cnn = cfg.models.get("cnn")
+    return cnn.hparams if cnn is not None and getattr(cnn, "model", None) == "cnn" else None  # GAN-train uses the configured cnn
+
+
+@task(name="adopt-evaluation", cache_policy=NO_CACHE)
+def adopt_evaluation_task(result: Evaluation | GanEvaluation, trained: TrainedModel) -> Evaluation | GanEvaluation:
+    """An evaluation served from the cache: its figures and plots are logged on this run's model run
+    too (tag `evaluation_cached_from`), and registration points at the model it logged then."""
+    prefix = "test_" if isinstance(result, Evaluation) else ""
+    figures = {f"{prefix}{k}": v for k, v in result.metrics.items()}
+    if isinstance(result, Evaluation):
+        figures["val_robust_accuracy"] = result.val_robust
+    store.log_metrics(trained.run_id, figures)
+    extra = [Path(result.correct_path)] if isinstance(result, Evaluation) else []
+    store.log_artifacts(trained.run_id, [Path(p) for p in result.images] + extra, "evaluation")
+    store.client().set_tag(trained.run_id, "evaluation_cached_from", result.run_id)
+    get_run_logger().info("%s: evaluation cached (same weights, test data and evaluation code as in run %s): not evaluated again", result.key, result.run_id)
+    return replace(result, run_id=trained.run_id, cached_from=result.run_id)
 
 
 @task(name="report", cache_policy=NO_CACHE)
@@ -221,10 +263,10 @@ def report_task(rows: list[dict], images: dict[str, list[str]], notes: list[str]
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)  # idempotent: a retry finds its versions
-def register_task(evals: list[dict], gan_eval: dict | None, lineage: dict, robustness_weight: float = 0.0) -> promotion.Registration:
+def register_task(evals: list[Evaluation], gan_eval: GanEvaluation | None, lineage: dict, robustness_weight: float = 0.0) -> promotion.Registration:
     gen = None
     if gan_eval is not None:
-        gen = promotion.GeneratorCandidate(gan_eval["run_id"], gan_eval["model_uri"], gan_eval["metrics"]["gan_test"], gan_eval["metrics"]["gan_train"])
+        gen = promotion.GeneratorCandidate(gan_eval.run_id, gan_eval.model_uri, gan_eval.gan_test, gan_eval.gan_train)
     return promotion.register_candidates([promotion.Candidate.from_eval(e) for e in evals], gen, lineage, robustness_weight)
 
 
@@ -352,6 +394,9 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
     data_dir = ws.data_dir(cfg.data.dir)
     lineage = {"data_version": data.data_version, "params_hash": cfg.hash(), "git_commit": versioning.git_commit(ws.root) or "none",
                "code_version": code_version(), "profile": profile}  # fmt: skip
+    studies = getattr(getattr(cfg, "tuning", None), "studies", None)
+    if studies:  # a tuned profile: the Optuna studies its recipes came from (`visionflow tune`)
+        lineage["tuning_studies"] = ",".join(f"{k}={v}" for k, v in sorted(studies.items()))
     uri, exp_id = store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
     store.mark_stale_runs(exp_id)
     parent = store.start_run(exp_id, f"pipeline-{profile}-{time.strftime('%Y%m%d-%H%M%S')}", {**lineage, **store.process_tag()},
@@ -385,19 +430,20 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
         fused = {}
         for f, fusion in cfg.models.fusions().items():
             if all(m in trained for m in fusion.members):
-                fused[f] = fuse_task.with_options(task_run_name=f)(f, cfg, {k: v["path"] for k, v in trained.items()}, *args)
+                fused[f] = fuse_task.with_options(task_run_name=f)(f, cfg, {k: v.path for k, v in trained.items()}, *args)
         trained.update(fused)
-        evals = [evaluate_task.with_options(task_run_name=f"evaluate-{k}")(t, cfg, str(data_dir), str(run_dir)) for k, t in trained.items()]
+        evaluate = _Evaluator(ws, cfg, str(data_dir), data.data_version, uri, force)
+        evals = [evaluate.classifier(t) for t in trained.values()]
         gan_eval = None
         if gan_trained is not None:
-            judge = trained.get("cnn") or max(trained.values(), key=lambda t: t["val_acc"])
-            gan_eval = evaluate_gan_task(gan_trained, judge["path"], cfg, str(data_dir), str(run_dir))
-        rows = [e["row"] for e in evals] + ([gan_eval["row"]] if gan_eval else [])
-        images = {e["key"]: e["images"] for e in evals + ([gan_eval] if gan_eval else [])}
+            judge = trained.get("cnn") or max(trained.values(), key=lambda t: t.val_acc or 0.0)
+            gan_eval = evaluate.generator(gan_trained, judge)
+        rows = [e.row for e in evals] + ([gan_eval.row] if gan_eval else [])
+        images = {e.key: list(e.images) for e in evals + ([gan_eval] if gan_eval else [])}
         notes = [f"data version {data.data_version}; params hash {lineage['params_hash']}; MLflow parent run {parent}",
                  "accuracy etc. on the test split; the best model is chosen on validation, the champion gate compares on the test split"]  # fmt: skip
         for f, res in fused.items():
-            notes.append(f"{f.replace('_', ' ')} α={res['alpha']:.2f} over {', '.join(cfg.models[f].members)} (chosen on validation)")
+            notes.append(f"{f.replace('_', ' ')} α={res.alpha:.2f} over {', '.join(cfg.models[f].members)} (chosen on validation)")
         report = report_task(rows, images, notes, str(ws.reports_dir / parent), str(ws.reports_dir / "latest"), parent)
         selection, bento, registered = None, None, []
         if promote:
@@ -421,18 +467,52 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
         _markdown_artifact(table, selection, uri, parent)
     champion = store.alias_version(store.CLASSIFIER_MODEL, store.CHAMPION) if promote else None
     aliases = promotion.alias_holders() if promote else []
-    cached = sorted(k for k, t in {**trained, **({gan_trained["key"]: gan_trained} if gan_trained else {})}.items() if t.get("cached"))
+    cached = sorted(t.key for t in [*trained.values(), *([gan_trained] if gan_trained else [])] if t.cached)
     return PipelineResult(parent, data.data_version, report, table, champion, selection.reason if selection else "not registered (reproduction)",
                           selection.generator_version if selection else None, rows, uri, data.data_docs, time.perf_counter() - start,
                           bento["bento_tag"] if bento else None, cached,
-                          {e["key"]: e["metrics"] for e in evals + ([gan_eval] if gan_eval else [])}, aliases, registered)  # fmt: skip
+                          {e.key: e.metrics for e in evals + ([gan_eval] if gan_eval else [])}, aliases, registered,
+                          sorted(e.key for e in evals + ([gan_eval] if gan_eval else []) if e.cached_from))  # fmt: skip
 
 
-def _adopt(trained: dict, cfg: Config, exp_id: str, parent: str, lineage: dict) -> dict:
+def _adopt(trained: TrainedModel, cfg: Config, exp_id: str, parent: str, lineage: dict) -> TrainedModel:
     """A result from an earlier pipeline run (a cache hit) gets a nested run in this one."""
-    if trained.get("parent_id") == parent:
-        return {**trained, "cached": False}
+    if trained.parent_id == parent:
+        return trained
     return adopt_cached_task(trained, cfg, exp_id, parent, lineage)
+
+
+@dataclass(frozen=True)
+class _Evaluator:
+    """Runs the (cached) evaluation tasks of one pipeline run: each evaluation's files live in
+    `<workspace>/evaluations/<cache key>/`, and a cache hit is adopted by this run's model run."""
+
+    ws: Workspace
+    cfg: Config
+    data_dir: str
+    data_version: str
+    tracking_uri: str
+    force: bool
+
+    def _folder(self, key: str) -> Path:
+        return self.ws.home / "evaluations" / key
+
+    def classifier(self, trained: TrainedModel) -> Evaluation:
+        ck = evaluation_cache_key(trained.key, [trained.path], self.cfg, self.data_version, self.tracking_uri)
+        out = self._folder(ck)
+        task_ = evaluate_task.with_options(task_run_name=f"evaluate-{trained.key}", refresh_cache=_must_reevaluate(self.force, out))
+        return self._adopted(task_(trained, self.cfg, self.data_dir, str(out), ck), trained)
+
+    def generator(self, trained: TrainedModel, judge: TrainedModel) -> GanEvaluation:
+        ck = evaluation_cache_key(trained.key, [trained.path, judge.path], self.cfg, self.data_version, self.tracking_uri,
+                                  extra=_gan_train_hparams(self.cfg))  # fmt: skip
+        out = self._folder(ck)
+        task_ = evaluate_gan_task.with_options(task_run_name=f"evaluate-{trained.key}", refresh_cache=_must_reevaluate(self.force, out))
+        return self._adopted(task_(trained, judge.path, self.cfg, self.data_dir, str(out), ck), trained)
+
+    @staticmethod
+    def _adopted(result, trained: TrainedModel):
+        return result if result.run_id == trained.run_id else adopt_evaluation_task(result, trained)
 
 
 def _markdown_artifact(table: str, selection: promotion.SelectionDecision, uri: str, parent: str) -> None:

@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from components.tracking import mlflow_store as store
+from flows import training_pipeline as tp
 from flows.training_pipeline import PipelineResult, training_pipeline
 from tests.conftest import REPO_ROOT, make_folder
 
@@ -16,7 +17,7 @@ def _versions(name):
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end_gate_and_failures(project, tmp_path, tracking_env):
+def test_pipeline_end_to_end_gate_and_failures(project, tmp_path, tracking_env, monkeypatch):
     shutil.copy(REPO_ROOT / "params.yaml", project / "params.yaml")
     src = make_folder(tmp_path / "src", classes=("cat", "dog", "owl"), per_class=20, size=(20, 24))
     res = training_pipeline(root=str(project), profile="quick", source=str(src))
@@ -55,6 +56,17 @@ def test_pipeline_end_to_end_gate_and_failures(project, tmp_path, tracking_env):
     assert res2.champion == "1"
     assert store.alias_version(store.CLASSIFIER_MODEL, store.CHALLENGER) == "2"
     assert "not" in res2.decision
+    # ... and nothing is evaluated again either: same weights, test data and evaluation code
+    assert res2.evaluations_cached == ["cnn", "cnn_lstm", "decision_fusion", "gan", "rnn"]
+    assert cnn2.data.tags["evaluation_cached_from"] == cnn_run.info.run_id and (project / ".visionflow" / "reports" / "latest" / "report.csv").exists()
+
+    # a change to the evaluation code re-evaluates every model and retrains none
+    real = tp.code_version
+    monkeypatch.setattr(tp, "code_version", lambda parts=None: "changed" if parts == tp.EVALUATION_CODE else real(parts))
+    res_eval = training_pipeline(root=str(project), profile="quick", source=str(src))
+    monkeypatch.undo()
+    assert res_eval.cached == ["cnn", "cnn_lstm", "gan", "rnn"] and res_eval.evaluations_cached == []
+    assert res_eval.metrics["cnn"]["accuracy"] == res2.metrics["cnn"]["accuracy"]  # the same model, evaluated again
     before = {n: _versions(n) for n in (store.CLASSIFIER_MODEL, "visionflow-cnn", store.GENERATOR_MODEL)}
 
     # failing validation: the flow stops before training, nothing is registered or moved

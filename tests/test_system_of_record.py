@@ -227,7 +227,7 @@ def test_code_version_is_part_of_the_cache_key(monkeypatch):
 
     cfg = Config()
     before = tp.family_cache_key("cnn", cfg.models.cnn, cfg, "a" * 32)
-    monkeypatch.setattr(tp, "code_version", lambda: "changed-code")
+    monkeypatch.setattr(tp, "code_version", lambda *parts: "changed-code")
     assert tp.family_cache_key("cnn", cfg.models.cnn, cfg, "a" * 32) != before
 
 

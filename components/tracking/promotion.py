@@ -24,6 +24,7 @@ from typing import Any
 
 from components.config import SelectionConfig
 from components.delivery import rollout
+from components.results import Evaluation
 from components.tracking import mlflow_store as store
 from components.tracking.selection import gate
 
@@ -42,9 +43,8 @@ class Candidate:
     val_robust: float = 0.0  # mean validation accuracy under the evaluation's noise and FGSM attacks
 
     @classmethod
-    def from_eval(cls, e: dict[str, Any]) -> "Candidate":
-        return cls(e["key"], e["row"]["family"], e["run_id"], e["model_uri"], float(e["val_acc"]), float(e["metrics"]["accuracy"]), e["correct_path"],
-                   float(e.get("val_robust", 0.0)))  # fmt: skip
+    def from_eval(cls, e: Evaluation) -> "Candidate":
+        return cls(e.key, e.family, e.run_id, e.model_uri, float(e.val_acc), float(e.metrics["accuracy"]), e.correct_path, float(e.val_robust))
 
 
 @dataclass(frozen=True)
