@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
+import math
+import re
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, ValidationInfo, field_validator, model_serializer, model_validator
 
 from components.errors import VisionflowError
 
@@ -189,6 +193,165 @@ def resolve_gan_recipe(cfg: GanTrainConfig, channels: int) -> GanTrainConfig:
     return cfg.model_copy(update={"epochs": GAN_AUTO_EPOCHS[data_style(channels)]})
 
 
+SEARCH_SECTIONS = ("train", "hparams")  # the parts of a classifier block `visionflow tune` may search
+_RANGE_KEYS = {"low", "high", "log", "step"}
+
+
+@dataclass(frozen=True)
+class SearchDim:
+    """One searched knob of a family: its dotted key inside the family block (`train.lr`,
+    `hparams.widths`) and its distribution: categorical choices, or an int/float range."""
+
+    key: str
+    kind: Literal["categorical", "int", "float"]
+    choices: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: float | None = None
+
+    def contains(self, value: Any) -> bool:
+        """Whether `value` (a recipe's current value) lies in this distribution."""
+        if self.kind == "categorical":
+            return any(_same(value, c) for c in self.choices)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+            return False
+        if self.kind == "int" and value != int(value):
+            return False
+        if self.step:
+            k = (value - self.low) / self.step
+            return math.isclose(k, round(k), abs_tol=1e-9)
+        return True
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as config values: [32, 64] is (32, 64), 0 is 0.0, but True is not 1."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _number(value: Any, what: str) -> float | int:
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a number (got {value!r})")
+    if isinstance(value, (int, float)):
+        return value
+    try:  # YAML 1.1 reads 3e-4 (no dot) as a string
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number (got {value!r})") from None
+
+
+def flatten_search(tree: dict[str, Any]) -> dict[str, Any]:
+    """`{train: {lr: spec}}` (nested, as `--set models.cnn.search.train.lr=...` writes it) and
+    `{train.lr: spec}` alike → dotted keys; a later writing of a key wins (--set after the file), and a
+    key set to null is dropped (a profile un-searching a knob its base searches)."""
+    return {k: v for k, v in _dotted(tree).items() if v is not None}
+
+
+def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        nested = _dotted(v, f"{key}.") if isinstance(v, dict) and v and not set(v) & _RANGE_KEYS else {key: v}
+        for sub, spec in nested.items():
+            out.pop(sub, None)
+            out[sub] = spec
+    return out
+
+
+def parse_search_dim(key: str, spec: Any, integer_ok: bool = True) -> SearchDim:
+    """One spec: a list = categorical choices; `{low, high}` (+ `log: true` or `step`) = a range, of
+    ints when low and high (and step) are ints and the knob takes ints (`integer_ok`), else floats."""
+    if isinstance(spec, (list, tuple)):
+        if not spec:
+            raise ValueError(f"{key}: an empty list of choices")
+        return SearchDim(key, "categorical", tuple(spec))
+    if not isinstance(spec, dict):
+        raise ValueError(f"{key}: expected a list of choices or a mapping {{low, high[, log | step]}} (got {spec!r})")
+    unknown = sorted(set(spec) - _RANGE_KEYS)
+    if unknown or not {"low", "high"} <= set(spec):
+        raise ValueError(f"{key}: a range is {{low, high}} with optional log: true or step (got keys {', '.join(map(str, spec))})")
+    low, high = _number(spec["low"], f"{key}.low"), _number(spec["high"], f"{key}.high")
+    step = None if spec.get("step") is None else _number(spec["step"], f"{key}.step")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ValueError(f"{key}.log must be true or false (got {log!r})")
+    if low > high:
+        raise ValueError(f"{key}: low {low} is above high {high}")
+    if log and (low <= 0 or step is not None):
+        raise ValueError(f"{key}: log needs low > 0 and no step")
+    if step is not None and (step <= 0 or not math.isclose((high - low) / step, round((high - low) / step), abs_tol=1e-9)):
+        raise ValueError(f"{key}: step {step} must be > 0 and divide high - low ({high - low:g})")
+    ints = integer_ok and all(isinstance(v, int) and not isinstance(v, bool) for v in (spec["low"], spec["high"], spec.get("step", 1)))
+    return SearchDim(key, "int" if ints else "float", (), low, high, log, step)
+
+
+def _accepts_int(annotation: Any) -> bool:
+    return annotation is int or int in get_args(annotation)
+
+
+def search_dims(search: dict[str, Any]) -> list[SearchDim]:
+    """A validated `search:` mapping (dotted keys) → its dimensions, in a stable order."""
+    fields = TrainConfig.model_fields
+    dims = []
+    for key, spec in sorted(search.items()):
+        section, _, name = key.partition(".")
+        field = fields.get(name) if section == "train" else None
+        dims.append(parse_search_dim(key, spec, field is None or _accepts_int(field.annotation)))
+    return dims
+
+
+def _check_search(search: dict[str, Any], train: TrainConfig | None, model: str | None) -> dict[str, Any]:
+    """Every key names a knob of the family (a TrainConfig field, or a keyword of the model's builder)
+    and every choice / bound is a valid value of it; returns the space with values as the knob takes them."""
+    out: dict[str, Any] = {}
+    for key, spec in sorted(search.items()):
+        section, _, name = key.partition(".")
+        if section not in SEARCH_SECTIONS or not name or "." in name:
+            raise ValueError(f"search key {key!r}: expected train.<knob> or hparams.<keyword> (e.g. train.lr, hparams.dropout)")
+        if section == "train" and name not in TrainConfig.model_fields:
+            raise ValueError(f"search key {key!r}: {name!r} is not a train knob (allowed: {', '.join(TrainConfig.model_fields)})")
+        if section == "hparams" and model and (params := _builder_keywords(model)) is not None and name not in params:
+            raise ValueError(f"search key {key!r}: model {model!r} takes no {name!r} (its hparams: {', '.join(params)})")
+        dim = search_dims({key: spec})[0]
+        if section == "train" and train is not None:
+            if dim.kind == "categorical":
+                spec = [_train_value(train, key, c) for c in dim.choices]  # as the knob takes it ("1e-7" → 1e-07)
+            else:
+                _train_value(train, key, dim.low), _train_value(train, key, dim.high)
+        out[key] = list(spec) if isinstance(spec, (list, tuple)) else dict(spec)
+    return out
+
+
+def _train_value(train: TrainConfig, key: str, value: Any) -> Any:
+    name = key.partition(".")[2]
+    try:
+        return getattr(TrainConfig.model_validate({**train.model_dump(), name: value}), name)
+    except ValidationError as err:
+        raise ValueError(f"search key {key!r}: {value!r} is not a valid {name} ({err.errors()[0]['msg']})") from None
+
+
+def _builder_keywords(model: str) -> list[str] | None:
+    """The keyword hparams of a registered model's builder; None when it takes **kwargs (or is unknown)."""
+    from components.models import model_entry
+
+    entry = model_entry(model)
+    if entry is None:
+        return None
+    try:
+        params = inspect.signature(entry.builder).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name not in ("num_classes", "in_channels", "image_size")]
+
+
 class ClassifierFamily(_Strict):
     """A `classifier` family: a registered model (images → logits) and its training recipe."""
 
@@ -201,6 +364,22 @@ class ClassifierFamily(_Strict):
     )
     hparams: dict[str, Any] = Field({}, description="keyword arguments of the model's builder")
     train: TrainConfig = TrainConfig()
+    search: dict[str, Any] = Field(
+        {}, description="`visionflow tune`'s search space: a dotted key of this block (train.lr, hparams.dropout, ...) → a list of choices, "
+        "or {low, high} with optional log: true or step (ints when low and high are ints); null drops a key a profile inherits"
+    )  # fmt: skip
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _flat_search(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        return flatten_search(value) if isinstance(value, dict) else value
+
+    @field_validator("search")
+    @classmethod
+    def _valid_search(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return _check_search(value, info.data.get("train"), info.data.get("model"))
 
     @model_serializer(mode="wrap")
     def _without_unset_module(self, handler: Any) -> dict[str, Any]:
@@ -419,6 +598,58 @@ class OrchestrationConfig(_Strict):
     dask_workers: int = Field(2, ge=1, description="LocalCluster worker processes (one family each at a time)")
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smh])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds of a duration: a number (seconds), or "90s", "20m", "1h", "1h30m"."""
+    if isinstance(value, bool):
+        raise ValueError("expected seconds or a duration like 90s, 20m, 1h")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError("expected seconds or a duration like 90s, 20m, 1h") from None
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if not seconds > 0:
+        raise ValueError("a budget must be more than 0 seconds")
+    return seconds
+
+
+class TuningConfig(_Strict):
+    """`visionflow tune`: an Optuna search of each classifier family's `search:` space on the validation
+    split; the best recipes become the `tuned` profile (params.tuned.yaml). Trains nothing itself: not in the params hash."""
+
+    budget: str | float = Field("20m", description="wall-clock budget of one `visionflow tune`, shared by the families: seconds, or 90s, 20m, 1h")
+    trials: int | None = Field(
+        None, ge=1, description="per family: finished trials (complete + pruned) the study should hold; null = as many as the budget allows"
+    )
+    families: list[str] | None = Field(None, description="classifier families to tune; null = every enabled classifier family")
+    pruner: Literal["median", "hyperband"] = Field("median", description="stops a trial early when its validation accuracy lags the others' at the same epoch")
+    startup_trials: int = Field(2, ge=0, description="median pruner: finished trials before any trial is pruned")
+    warmup_epochs: int = Field(1, ge=0, description="median pruner: epochs of a trial before it may be pruned")
+    seed: int = Field(0, description="seeds the TPE sampler (with the worker and the trials the study holds: a resumed or parallel search draws anew)")
+    workers: int = Field(1, ge=1, description="parallel trials per family on Dask workers (orchestration.task_runner: dask), sharing one study")
+    studies: dict[str, str] = Field(
+        {}, description="written by `visionflow tune` into the tuned profile: the Optuna study each family's recipe came from (lineage)"
+    )
+
+    @field_validator("budget")
+    @classmethod
+    def _valid_budget(cls, value: str | float) -> str | float:
+        parse_duration(value)
+        return value
+
+    def budget_seconds(self) -> float:
+        return parse_duration(self.budget)
+
+
 class Config(_Strict):
     profile: str = "default"
     workspace: str = Field(".visionflow", description="local state root; VISIONFLOW_HOME overrides")
@@ -433,10 +664,13 @@ class Config(_Strict):
     packaging: PackagingConfig = PackagingConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     monitor: MonitorConfig = MonitorConfig()
+    tuning: TuningConfig = Field(TuningConfig(), description="`visionflow tune`: the search of each classifier family's recipe")
 
     def hash(self) -> str:
-        """Stable short hash of the resolved config (lineage tag and cache key); monitoring and rollout knobs train nothing."""
-        payload = json.dumps(self.model_dump(mode="json", exclude={"profile": True, "monitor": True, "selection": {"rollout"}}), sort_keys=True)
+        """Stable short hash of the resolved config (lineage tag and cache key); monitoring, rollout and tuning knobs train nothing
+        (a tuned recipe's values are in `models`)."""
+        exclude = {"profile": True, "monitor": True, "tuning": True, "selection": {"rollout"}}
+        payload = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -525,6 +759,45 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def _read_yaml(path: Path, name: str | None = None) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{name or path}:{where} is not valid YAML; fix the syntax there") from None
+
+
+def profile_files(params_file: str | Path) -> list[Path]:
+    """`params.<name>.yaml` beside the params file: more profiles (`visionflow tune` writes params.tuned.yaml)."""
+    path = Path(params_file)
+    return sorted(path.parent.glob(f"{path.stem}.*{path.suffix}"))
+
+
+def _with_sibling_profiles(params_file: Path, profiles: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The params file's profiles plus those of its sibling files, and the file each comes from."""
+    merged, files = dict(profiles), dict.fromkeys(profiles, params_file)
+    for sibling in profile_files(params_file):
+        data = _read_yaml(sibling)
+        if not isinstance(data, dict) or set(data) - {"profiles"} or not isinstance(data.get("profiles") or {}, dict):
+            raise ConfigError(f"{sibling}: expected only a `profiles:` mapping (profile name → its knobs); base knobs belong in {params_file.name}")
+        for name, block in (data.get("profiles") or {}).items():
+            if name in files:
+                raise ConfigError(f"profile '{name}' is defined in both {files[name]} and {sibling}; keep one (rename or delete the other)")
+            merged[name], files[name] = block, sibling
+    return merged, files
+
+
+def profile_block(params_file: str | Path, name: str) -> dict[str, Any]:
+    """A profile's own block (from the params file or a sibling file), as written; {} for one not written."""
+    path = Path(params_file)
+    raw = _read_yaml(path) if path.exists() else {}
+    profiles = (raw.get("profiles") or {}) if isinstance(raw, dict) else {}
+    if path.exists():
+        profiles, _ = _with_sibling_profiles(path, profiles)
+    return copy.deepcopy(profiles.get(name) or {})
+
+
 def load_config(
     params_file: str | Path | None = DEFAULT_PARAMS_FILE,
     profile: str = "default",
@@ -535,15 +808,14 @@ def load_config(
     origin = "defaults"
     if params_file is not None and Path(params_file).exists():
         origin = str(params_file)
-        try:
-            raw = yaml.safe_load(Path(params_file).read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{origin}:{where} is not valid YAML; fix the syntax there") from None
+        raw = _read_yaml(Path(params_file), origin)
         if not isinstance(raw, dict):
             raise ConfigError(f"{origin}: expected a mapping of sections at the top level")
     profiles = raw.pop("profiles", {}) or {}
+    if params_file is not None and Path(params_file).exists():
+        profiles, files = _with_sibling_profiles(Path(params_file), profiles)
+        if files.get(profile, Path(params_file)) != Path(params_file):
+            origin = f"{origin} + {files[profile]}"  # a bad value may come from the sibling file
     names = sorted({"default", *profiles})
     if profile not in names:
         raise ConfigError(f"unknown profile '{profile}' (allowed: {', '.join(names)})")
