@@ -252,6 +252,8 @@ def run(
     out.print(res.table)
     if res.cached:
         out.print(f"\ncached       : {', '.join(res.cached)} (unchanged data + config: training skipped; --force retrains)")
+    if res.evaluations_cached:
+        out.print(f"evaluations  : {', '.join(res.evaluations_cached)} from the cache (same weights, test data and evaluation code)")
     out.print(f"\nselection    : {res.decision}")
     from components.tracking.promotion import summary_lines
 
@@ -265,6 +267,68 @@ def run(
         out.print(f"Data Docs    : {res.data_docs}")
     out.print(f"MLflow       : {res.tracking_uri}, parent run {res.parent_run_id}; browse with `visionflow ui`")
     out.print(f"done in {res.seconds:.0f}s")
+
+
+@app.command()
+def tune(
+    family: Annotated[
+        list[str] | None, typer.Option("--family", help="a classifier family to tune (repeatable) [default: tuning.families, else every enabled one]")
+    ] = None,
+    budget: Annotated[
+        str | None, typer.Option("--budget", help="wall clock for all families together: 90s, 20m, 1h or seconds [default: tuning.budget]")
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", min=1, help="per family: finished trials the study should hold (a re-run resumes) [default: tuning.trials]")
+    ] = None,
+    task_runner: Annotated[
+        str | None, typer.Option("--task-runner", help="thread (default) or dask: dask runs tuning.workers trials of a family at once")
+    ] = None,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    wait: WaitOpt = False,
+    root: RootOpt = Path("."),
+) -> None:
+    """Search each classifier family's recipe (`search:` in params.yaml) with Optuna on the validation split; the best become profile `tuned`."""
+    from components.config import parse_duration
+
+    if budget is not None:
+        try:
+            parse_duration(budget)
+        except ValueError as exc:
+            _fail(f"--budget {budget!r}: {exc}", 2)
+    if task_runner not in (None, "thread", "dask"):
+        _fail(f"--task-runner {task_runner!r}: use thread or dask", 2)
+    cfg, ws = _setup(root, profile, [*(set_ or []), *([f"orchestration.task_runner={task_runner}"] if task_runner else [])])
+    from components.training.tune import select_families
+
+    select_families(cfg, family)  # an unknown family or an empty space: one line before any work (ConfigError, exit 2)
+    opts = _options(profile, set_)
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.runners import shared_prefect_api, task_runner_for
+    from flows.tune import tune_flow
+
+    flow_ = tune_flow.with_options(task_runner=task_runner_for(cfg.orchestration))
+    with _writer(ws, f"visionflow tune ({cfg.profile})", wait), shared_prefect_api(cfg.orchestration):
+        state = flow_(root=str(ws.root), profile=cfg.profile, overrides=list(opts.overrides), cfg=cfg, families=family, budget=budget, trials=trials,
+                      return_state=True)  # fmt: skip
+        res = _result_or_fail(state)
+    acc = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    table = Table("family", "trials complete/pruned/failed", "val acc: current → best", "profile tuned takes")
+    for r in res.results:
+        table.add_row(r.key, f"{r.n_complete}/{r.n_pruned}/{r.n_failed}", f"{acc(r.default_value)} → {acc(r.best_value)}",
+                      f"the best (trial {r.best_trial})" if r.improved else "the current recipe")  # fmt: skip
+    out = Console(soft_wrap=True)
+    out.print(table)
+    for r in res.results:
+        out.print(f"{r.key:<13}: study {r.study} (a re-run with this space and data resumes it); {r.seconds:.0f}s", markup=False)
+        out.print(f"{'':<13}  best: {', '.join(f'{k}={v}' for k, v in r.best_params.items()) or '-'}", markup=False)
+    for note in res.notes:
+        out.print(f"note         : {note}", markup=False)
+    out.print(f"tuned profile: {res.profile_file}  (profile tuned = profile {cfg.profile} + the best recipes; commit it to pin them)", markup=False)
+    out.print(f"MLflow       : {res.tracking_uri}, experiment {res.experiment}, parent run {res.parent_run_id} (one nested run per trial)", markup=False)
+    out.print(f"done in {res.seconds:.0f}s; next: visionflow run --profile tuned", markup=False)
 
 
 @app.command()
