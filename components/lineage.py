@@ -11,6 +11,7 @@ from pathlib import Path
 CODE_ROOT = Path(__file__).resolve().parent  # components/
 TRAINING_CODE = ("config.py", "data", "models", "training", "results.py")  # what a trained model is made of
 EVALUATION_CODE = ("data", "models", "training", "evaluation", "results.py")  # what an evaluation is made of (it loads and runs models)
+NOT_A_MODEL = ("training/tune.py",)  # the search drives training; a model is made by the code it calls
 
 
 @functools.cache
@@ -19,7 +20,7 @@ def code_version(parts: tuple[str, ...] | None = None) -> str:
     h = hashlib.sha256()
     for path in sorted(CODE_ROOT.rglob("*.py")):
         rel = path.relative_to(CODE_ROOT).as_posix()
-        if parts is not None and not any(rel == p or rel.startswith(f"{p}/") for p in parts):
+        if parts is not None and (rel in NOT_A_MODEL or not any(rel == p or rel.startswith(f"{p}/") for p in parts)):
             continue
         h.update(rel.encode() + b"\0")
         h.update(path.read_bytes() + b"\0")

@@ -1,0 +1,147 @@
+"""Which gray-image recipe holds across data: the default cnn recipe against alternatives and a plain
+PyTorch loop, on the bundled digits and on a gray set that is not digits (the generated photos,
+converted to gray at ingest). Every choice is made on validation; test and noise figures are reported.
+
+Run (after `make run` or `visionflow ingest` has put the digits in data/):
+    .venv/bin/python benchmarks/bench_recipes.py [--epochs 30] [--recipes default shift shift-flip ...] [--json out.json]
+
+Recipes (visionflow's training loop, the default cnn otherwise):
+    default      what `augment: auto` / `noise_sigma: auto` resolve to for gray data today
+    affine+noise affine (±10°, scale 0.1, ±2 px) + Gaussian-noise training σ~U(0, 0.4) on half of each batch
+    affine       affine, no noise training
+    shift        ±2 px shifts only, no noise training
+    shift+noise  ±2 px shifts + noise training
+plain: a hand-written loop (the same cnn, AdamW one-cycle, batch 128, ±2 px shifts, no noise, no
+early stopping, the last epoch's weights), the issue's reference point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+VISIONFLOW = str(Path(sys.executable).with_name("visionflow"))
+
+RECIPES = {
+    "default": {},
+    "affine+noise": {"augment": "affine", "noise_sigma": 0.4},
+    "affine": {"augment": "affine", "noise_sigma": 0.0},
+    "shift": {"augment": "shift", "noise_sigma": 0.0},
+    "shift+noise": {"augment": "shift", "noise_sigma": 0.4},
+}
+
+
+def gray_photos(tmp: Path, per_class: int, side: int) -> Path:
+    """The generated photos, ingested as gray images at `side` px: a gray set that is not digits."""
+    from components.data.synthetic import SHAPES, make_photo_folder
+
+    src = make_photo_folder(tmp / "photos", per_class, SHAPES[:5], seed=0)
+    project = tmp / "project"
+    project.mkdir()
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    sets = ["--set", "data.channels=gray", "--set", f"data.image_size={side}"]
+    subprocess.run([VISIONFLOW, "ingest", "--source", str(src), *sets], cwd=project, check=True, capture_output=True)
+    return project / "data"
+
+
+def _scores(path: str, splits) -> dict[str, float]:
+    from components.evaluation.metrics import robustness
+    from components.training.runner import load_trained, split_accuracy
+
+    model, spec = load_trained(path)
+    noisy = robustness(model, splits["test"].x.float() / 255, splits["test"].y, spec, noise=(0.3,), eps=())
+    return {"val": split_accuracy(path, splits["val"]), "test": split_accuracy(path, splits["test"]), "noise_0.3": noisy["acc_noise_0.3"]}
+
+
+def visionflow_recipe(name: str, data_dir: Path, epochs: int, out: Path) -> dict:
+    from components.config import load_config
+    from components.training.runner import load_for_training, train_classifier
+
+    cfg = load_config(REPO / "params.yaml", "default", ["engine.progress=false"])
+    loaded = load_for_training(data_dir, cfg.data, cfg.engine)
+    fam = cfg.models.cnn
+    fam = fam.model_copy(update={"train": fam.train.model_copy(update={"epochs": epochs, **RECIPES[name]})})
+    t = time.perf_counter()
+    res = train_classifier("cnn", fam, cfg.engine, data_dir, out / name, loaded=loaded, data=cfg.data)
+    return {"seconds": time.perf_counter() - t, "epochs_run": res["epochs_run"], **_scores(res["path"], loaded[1])}
+
+
+def plain_loop(data_dir: Path, epochs: int, out: Path) -> dict:
+    import torch
+    import torch.nn as nn
+
+    from components.config import load_config
+    from components.models import create_model
+    from components.training.runner import load_for_training, save_trained
+
+    cfg = load_config(REPO / "params.yaml", "default", ["engine.progress=false"])
+    spec, splits = load_for_training(data_dir, cfg.data, cfg.engine)
+    torch.manual_seed(0)
+    fam = cfg.models.cnn
+    model = create_model("cnn", num_classes=spec.num_classes, in_channels=spec.in_channels, image_size=spec.image_size, **fam.hparams)
+    x, y = splits["train"].x, splits["train"].y
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    bs = 128
+    steps = epochs * ((len(x) + bs - 1) // bs)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    loss_fn = nn.CrossEntropyLoss()
+    t = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(x)).split(bs):
+            xb = (x[idx].float() / 255 - mean) / std
+            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,)))
+            xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))  # ±2 px shifts (one per batch, as a simple loop would)
+            loss = loss_fn(model(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    seconds = time.perf_counter() - t
+    path = save_trained(model.eval(), "cnn", fam.hparams, spec, out / "plain" / "model.pt")
+    return {"seconds": seconds, "epochs_run": epochs, **_scores(str(path), splits)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--recipes", nargs="+", default=[*RECIPES, "plain"])
+    ap.add_argument("--datasets", nargs="+", default=["digits", "gray-photos"])
+    ap.add_argument("--per-class", type=int, default=300, help="gray photos: images per class (5 classes)")
+    ap.add_argument("--side", type=int, default=32, help="gray photos: training side in px")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="visionflow-recipes-"))
+    rows = []
+    try:
+        for ds in args.datasets:
+            data_dir = REPO / "data" if ds == "digits" else gray_photos(tmp / ds, args.per_class, args.side)
+            for name in args.recipes:
+                fig = plain_loop(data_dir, args.epochs, tmp / ds) if name == "plain" else visionflow_recipe(name, data_dir, args.epochs, tmp / ds)
+                rows.append({"dataset": ds, "recipe": name, **fig})
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("\n| dataset | recipe | val acc | test acc | test acc, noise σ 0.3 | epochs | seconds |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['dataset']} | {r['recipe']} | {100 * r['val']:.2f} % | {100 * r['test']:.2f} % | {100 * r['noise_0.3']:.2f} % | {r['epochs_run']} | {r['seconds']:.0f} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
