@@ -26,12 +26,17 @@ import sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, {repo!r})
 from components.config import load_config
-from components.training.runner import train_classifier
+from components.training.runner import train_classifier, train_gan
 cfg = load_config({params!r}, "default", ["engine.progress=false", "engine.threads={threads}", "models.{key}.train.epochs={epochs}"])
+fam = cfg.models[{key!r}]
 with tempfile.TemporaryDirectory() as tmp:
     t = time.perf_counter()
-    res = train_classifier({key!r}, cfg.models[{key!r}], cfg.engine, Path({data!r}), Path(tmp), data=cfg.data)
-    print(f"{key} {{time.perf_counter() - t:.1f}} s, {{res['img_per_s']:.0f}} img/s, val {{res['val_acc']:.4f}}")
+    if fam.kind == "generator":
+        res = train_gan(fam, cfg.engine, Path({data!r}), Path(tmp), data=cfg.data, key={key!r})
+        print(f"{key} {{time.perf_counter() - t:.1f}} s")
+    else:
+        res = train_classifier({key!r}, fam, cfg.engine, Path({data!r}), Path(tmp), data=cfg.data)
+        print(f"{key} {{time.perf_counter() - t:.1f}} s, {{res['img_per_s']:.0f}} img/s, val {{res['val_acc']:.4f}}")
 """
 
 

@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the clone (its .visionflow has the MLflow store)")
     ap.add_argument("--rerun", action="store_true", help="then run again with nothing changed and time the cached re-run")
     ap.add_argument("--no-t-ref", action="store_true", help="skip measuring T_ref (the bare loop, ~1-2 min)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="a config override for `visionflow run` (repeatable)")
     args = ap.parse_args()
     t_ref = None if args.no_t_ref else measure_t_ref()
     clone = Path(tempfile.mkdtemp(prefix="visionflow-bench-")) / "clone"
@@ -113,12 +114,13 @@ def main() -> None:
     t_run = time.perf_counter()
     rerun = None
     try:
-        app(["run", "--profile", args.profile, "--root", str(clone)], standalone_mode=False)
+        cmd = ["run", "--profile", args.profile, "--root", str(clone), *(a for kv in args.sets for a in ("--set", kv))]
+        app(cmd, standalone_mode=False)
         t_end = time.perf_counter()
         first = (dict(_seconds), dict(_calls))  # the table below is the first run's
         if args.rerun:
             t0 = time.perf_counter()
-            app(["run", "--profile", args.profile, "--root", str(clone)], standalone_mode=False)
+            app(cmd, standalone_mode=False)
             rerun = time.perf_counter() - t0
     finally:
         if not args.keep:

@@ -225,6 +225,10 @@ def run(
         str | None, typer.Option("--data-version", help="train on an earlier data version: its DVC md5 or a git revision of data.dvc")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="retrain even when data and config are unchanged")] = False,
+    tune_budget: Annotated[
+        str | None,
+        typer.Option("--tune", help="first search each family's recipe for up to this long (as `visionflow tune --budget`), then train with profile tuned"),
+    ] = None,
     wait: WaitOpt = False,
     task_runner: Annotated[str | None, typer.Option("--task-runner", help="thread (default) or dask: where the families train")] = None,
     dask_address: Annotated[
@@ -233,6 +237,17 @@ def run(
     root: RootOpt = Path("."),
 ) -> None:
     """The main job (`make run`): train every family on the checked-out data version → evaluate → MLflow → champion → Bento."""
+    if tune_budget is not None:
+        from components.config import parse_duration
+
+        try:
+            parse_duration(tune_budget)
+        except ValueError as exc:
+            _fail(f"--tune {tune_budget!r}: {exc}", 2)
+        if source or data_version:
+            _fail("--tune searches on the checked-out data: ingest (`visionflow ingest --source ...`) or check out the version first, then `run --tune`", 2)
+        _tune(root, profile, set_, None, tune_budget, None, task_runner, wait)
+        profile, set_ = "tuned", None  # profile tuned holds this run's profile and --set, and the best recipes
     overrides = list(set_ or [])
     if task_runner or dask_address:
         overrides.append(f"orchestration.task_runner={task_runner or 'dask'}")
@@ -289,6 +304,13 @@ def tune(
     root: RootOpt = Path("."),
 ) -> None:
     """Search each classifier family's recipe (`search:` in params.yaml) with Optuna on the validation split; the best become profile `tuned`."""
+    _tune(root, profile, set_, family, budget, trials, task_runner, wait)
+    typer.echo("next: visionflow run --profile tuned")
+
+
+def _tune(root: Path, profile: str | None, set_: list[str] | None, family: list[str] | None, budget: str | None, trials: int | None,
+          task_runner: str | None, wait: bool) -> None:  # fmt: skip
+    """`visionflow tune`, also the first step of `visionflow run --tune`: search, write profile tuned, print what was chosen."""
     from components.config import parse_duration
 
     if budget is not None:
@@ -328,7 +350,7 @@ def tune(
         out.print(f"note         : {note}", markup=False)
     out.print(f"tuned profile: {res.profile_file}  (profile tuned = profile {cfg.profile} + the best recipes; commit it to pin them)", markup=False)
     out.print(f"MLflow       : {res.tracking_uri}, experiment {res.experiment}, parent run {res.parent_run_id} (one nested run per trial)", markup=False)
-    out.print(f"done in {res.seconds:.0f}s; next: visionflow run --profile tuned", markup=False)
+    out.print(f"tuned in {res.seconds:.0f}s", markup=False)
 
 
 @app.command()

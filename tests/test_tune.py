@@ -335,6 +335,8 @@ def test_bad_tune_input_is_one_line_and_exit_2(tmp_path):
         (["tune", "--family", "resnet"], "family 'resnet' is not an enabled classifier family (choose from: cnn, rnn, cnn_lstm)"),
         (["tune", "--task-runner", "ray"], "use thread or dask"),
         (["tune", "--set", "tuning.pruner=none"], "tuning.pruner"),
+        (["run", "--tune", "1m", "--source", str(tmp_path)], "--tune searches on the checked-out data"),
+        (["run", "--tune", "soon"], "--tune 'soon': expected seconds or a duration"),
     ):
         res = _cli(*args, "--root", str(tmp_path))
         err = res.stderr.strip()
