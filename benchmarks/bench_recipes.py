@@ -11,6 +11,7 @@ Recipes (visionflow's training loop, the default cnn otherwise):
     affine       affine, no noise training
     shift        ±2 px shifts only, no noise training
     shift+noise  ±2 px shifts + noise training
+    shift-fp32   shift, in fp32 where `precision: auto` would use bf16 autocast
 plain: a hand-written loop (the same cnn, AdamW one-cycle, batch 128, ±2 px shifts, no noise, no
 early stopping, the last epoch's weights), the issue's reference point.
 """
@@ -36,6 +37,7 @@ RECIPES = {
     "affine": {"augment": "affine", "noise_sigma": 0.0},
     "shift": {"augment": "shift", "noise_sigma": 0.0},
     "shift+noise": {"augment": "shift", "noise_sigma": 0.4},
+    "shift-fp32": {"augment": "shift", "noise_sigma": 0.0, "precision": "fp32"},
 }
 
 

@@ -106,15 +106,16 @@ class EngineConfig(_Strict):
 class TrainConfig(_Strict):
     """One classifier's recipe: optimiser, schedule, augmentation, robustness training, early stopping."""
 
-    epochs: int | Literal["auto"] = Field(30, description="auto: 30 for gray (digit-style) data, 60 for RGB photos (small photo sets need more updates)")
-    batch_size: int | Literal["auto"] = Field(128, description="auto: 128 for gray (digit-style) data, 32 for RGB photos")
+    epochs: int | Literal["auto"] = Field(30, description="auto: 30 for gray data, 60 for RGB photos (small photo sets need more updates)")
+    batch_size: int | Literal["auto"] = Field(128, description="auto: 128 for gray data, 32 for RGB photos")
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["onecycle", "cosine"] = "onecycle"
     label_smoothing: float = Field(0.05, ge=0, lt=1)
     augment: Literal["auto", "none", "shift", "affine", "photo"] = Field(
-        "auto", description="auto: photo for RGB data (random resized crop, flip, colour jitter), affine for gray (digits: no flips)"
-    )
+        "auto", description="auto: photo for RGB data (random resized crop, flip, colour jitter), affine for gray data (no flips: they would "
+        "turn a 2 into a mirror image)"
+    )  # fmt: skip
     rotate_deg: float = Field(10.0, ge=0)
     scale: float = Field(0.1, ge=0, lt=1)
     shift_px: float = Field(2.0, ge=0)
@@ -124,10 +125,14 @@ class TrainConfig(_Strict):
     flip: bool = Field(True, description="photo: random horizontal flips")
     color_jitter: float = Field(0.2, ge=0, lt=1, description="photo: brightness/contrast/saturation within ±this")
     noise_sigma: float | Literal["auto"] = Field(
-        "auto", description="noise robustness: Gaussian noise σ ~ U(0, this) (pixel range 0..1) on noise_fraction of each batch; "
-        "auto: 0.4 for gray (digit-style) data, 0 (off) for RGB photos"
+        "auto", description="noise robustness: Gaussian noise σ ~ U(0, this) (pixel range 0..1) on noise_fraction of each batch, once "
+        "validation accuracy reaches noise_from_val_acc; auto: 0.4 for gray data, 0 (off) for RGB photos"
     )  # fmt: skip
     noise_fraction: float = Field(0.5, ge=0, le=1, description="share of each training batch that gets noise")
+    noise_from_val_acc: float = Field(
+        0.95, ge=0, le=1, description="noise training starts in the epoch after validation accuracy first reaches this (0: from the start): "
+        "a model that has not learned the clean task is not burdened with noise, so data where noise costs accuracy trains clean"
+    )  # fmt: skip
     adversarial: Literal["none", "fgsm", "pgd"] = Field(
         "none", description="adversarial training on adv_fraction of each batch: fgsm (one step from a random start, 'fast is better than free') or pgd"
     )
@@ -146,26 +151,26 @@ class TrainConfig(_Strict):
     max_seconds: float | None = Field(None, gt=0, description="wall-clock budget; stops after the epoch that crosses it")
 
 
-AUTO_RECIPE = {  # the data's style decides every `auto` of a recipe (measured: docs/guide/data.md)
+AUTO_RECIPE = {  # what holds across the data measured (docs/benchmarks.md, "Recipes across data"); `visionflow tune` measures per dataset
     "photo": {"epochs": 60, "batch_size": 32, "augment": "photo", "noise_sigma": 0.0},  # RGB: random resized crop, flip, colour jitter
-    "digits": {"epochs": 30, "batch_size": 128, "augment": "affine", "noise_sigma": 0.4},  # gray: affine, no flips; noise-robust
+    "gray": {"epochs": 30, "batch_size": 128, "augment": "affine", "noise_sigma": 0.4},  # gray: affine, no flips; noise once validation allows
 }
 
 
-def data_style(channels: int) -> Literal["photo", "digits"]:
-    """The recipe style of a dataset: RGB → photo, gray → digits."""
-    return "photo" if channels == 3 else "digits"
+def data_style(channels: int) -> Literal["photo", "gray"]:
+    """The recipe style of a dataset, by its channels alone: RGB → photo, gray → gray."""
+    return "photo" if channels == 3 else "gray"
 
 
 def resolve_recipe(cfg: TrainConfig, channels: int) -> TrainConfig:
-    """`auto` epochs / batch size / augmentation / noise for the data's style: RGB → photo, gray → digits."""
+    """`auto` epochs / batch size / augmentation / noise for the data's style (RGB → photo, else gray)."""
     update = {k: v for k, v in AUTO_RECIPE[data_style(channels)].items() if getattr(cfg, k) == "auto"}
     return cfg.model_copy(update=update) if update else cfg
 
 
 class GanTrainConfig(_Strict):
     epochs: int | Literal["auto"] = Field(
-        "auto", description="auto: 120 for gray (digit-style) data (better samples than 80), 40 for RGB photos (an epoch of photos costs more)"
+        "auto", description="auto: 120 for gray data (better samples than 80), 40 for RGB photos (an epoch of photos costs more)"
     )
     batch_size: int = Field(64, ge=1)
     lr: float = Field(4e-4, gt=0)
@@ -183,7 +188,7 @@ class GanTrainConfig(_Strict):
     max_seconds: float | None = Field(None, gt=0)
 
 
-GAN_AUTO_EPOCHS = {"photo": 40, "digits": 120}
+GAN_AUTO_EPOCHS = {"photo": 40, "gray": 120}
 
 
 def resolve_gan_recipe(cfg: GanTrainConfig, channels: int) -> GanTrainConfig:

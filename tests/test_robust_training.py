@@ -43,10 +43,28 @@ def _robustness(digits, tmp_path, **recipe) -> dict[str, float]:
 @pytest.mark.slow
 def test_noise_and_adversarial_training_raise_robustness(digits, tmp_path):
     plain = _robustness(digits, tmp_path, noise_sigma=0.0)
-    noisy = _robustness(digits, tmp_path, noise_sigma=0.4)
+    noisy = _robustness(digits, tmp_path, noise_sigma=0.4, noise_from_val_acc=0.0)
     adversarial = _robustness(digits, tmp_path, noise_sigma=0.0, adversarial="fgsm", adv_eps=0.1)
     assert noisy["acc_noise_0.3"] >= plain["acc_noise_0.3"] + 0.15, (plain, noisy)
     assert adversarial["acc_fgsm_0.1"] >= plain["acc_fgsm_0.1"] + 0.15, (plain, adversarial)
+
+
+def test_noise_training_waits_for_the_validation_accuracy_it_is_given(digits, tmp_path):
+    """noise_from_val_acc: noise starts the epoch after validation accuracy first reaches it; never when out of reach."""
+    train, val, _ = digits
+
+    def noise_per_epoch(threshold: float) -> list[float]:
+        torch.manual_seed(0)
+        model = create_model("cnn", num_classes=10, in_channels=1, image_size=(28, 28), widths=[8, 16])
+        cfg = TrainConfig(epochs=3, batch_size=64, augment="shift", precision="fp32", noise_sigma=0.4, noise_from_val_acc=threshold)
+        res = fit(model, train, val, SPEC, cfg, EngineConfig(progress=False), workdir=tmp_path / f"gate-{threshold}")
+        return [h["noise_training"] for h in res.history], [h["val_acc"] for h in res.history]
+
+    assert noise_per_epoch(0.0)[0] == [1.0, 1.0, 1.0]
+    clean, clean_acc = noise_per_epoch(1.0)
+    assert clean == [0.0, 0.0, 0.0]  # never reached: the model trains clean
+    noise, acc = noise_per_epoch(clean_acc[0])  # reached by the first (clean, identical) epoch
+    assert acc[0] == clean_acc[0] and noise == [0.0, 1.0, 1.0], (noise, acc, clean_acc)
 
 
 def test_noise_and_adversarial_batches_stay_in_range_and_budget():

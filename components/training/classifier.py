@@ -36,6 +36,7 @@ class Batcher:
     device: torch.device
     channels_last: bool
     cfg: TrainConfig | None = None  # None: no augmentation (evaluation)
+    noise_on: bool = True  # fit turns noise training on once validation accuracy allows (TrainConfig.noise_from_val_acc)
 
     def __post_init__(self) -> None:
         c = self.spec.in_channels
@@ -51,7 +52,7 @@ class Batcher:
             x = photo_augment(x, self.cfg, gen)
         elif mode != "none":
             x = augment(x, self.cfg, gen)
-        if self.cfg is not None and self.cfg.noise_sigma:
+        if self.cfg is not None and self.cfg.noise_sigma and self.noise_on:
             x = add_noise(x, float(self.cfg.noise_sigma), self.cfg.noise_fraction, gen)
         return self.normalize(x)
 
@@ -386,12 +387,14 @@ def fit(
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        train_batcher.noise_on = cfg.noise_from_val_acc <= 0 or best_acc >= cfg.noise_from_val_acc  # from the checkpoint's best on resume too
         stats = train_one_epoch(step_model, train, train_batcher, optimizer, scheduler, loss_fn,
                                 batch_size=cfg.batch_size, bf16=bf16, grad_clip=cfg.grad_clip, gen=gen, synthetic=synthetic)  # fmt: skip
         if world > 1:
             _sync_buffers(model)  # BatchNorm statistics are per rank: rank 0's, so every rank scores the same
         val_stats = evaluate(model, val, eval_batcher, bf16=bf16)
-        metrics = {**stats, "val_loss": val_stats["loss"], "val_acc": val_stats["acc"], "lr": optimizer.param_groups[0]["lr"], "epoch": epoch}
+        metrics = {**stats, "val_loss": val_stats["loss"], "val_acc": val_stats["acc"], "lr": optimizer.param_groups[0]["lr"], "epoch": epoch,
+                   "noise_training": float(bool(cfg.noise_sigma) and train_batcher.noise_on)}  # fmt: skip
         history.append(metrics)
         improved = val_stats["acc"] > best_acc or (val_stats["acc"] == best_acc and val_stats["loss"] < best_loss)
         if improved:

@@ -1,0 +1,82 @@
+"""Does the search pay on data the defaults were not tuned for? The default profile's champion against
+`visionflow tune --budget B` then `visionflow run --profile tuned`, on the generated photos ingested
+as gray images (not digits), in a fresh project. Choices are made on validation; the champion's
+test accuracy is reported for both.
+
+Run:
+    .venv/bin/python benchmarks/bench_tune.py [--budget 10m] [--per-class 300] [--side 32] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+VISIONFLOW = str(Path(sys.executable).with_name("visionflow"))
+SETS = ["--set", "models.gan.enabled=false", "--set", "packaging.enabled=false"]  # the classifiers are what the search tunes
+
+
+def _run(args: list[str], cwd: Path) -> tuple[str, float]:
+    t = time.perf_counter()
+    res = subprocess.run([VISIONFLOW, *args], cwd=cwd, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"visionflow {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res.stdout, time.perf_counter() - t
+
+
+def _best_of_last_run(project: Path) -> tuple[str, float, float]:
+    """The classifier the last run chose on validation (its visionflow-classifier version, promoted
+    or not): key, test and validation accuracy."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / '.visionflow' / 'mlflow' / 'mlflow.db'}")
+    versions = mlflow.MlflowClient().search_model_versions("name='visionflow-classifier'")
+    mv = max(versions, key=lambda v: int(v.version))
+    return mv.tags["model_key"], float(mv.tags["test_accuracy"]), float(mv.tags["val_accuracy"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", default="10m")
+    ap.add_argument("--per-class", type=int, default=300)
+    ap.add_argument("--side", type=int, default=32)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    from components.data.synthetic import SHAPES, make_photo_folder
+
+    tmp = Path(tempfile.mkdtemp(prefix="visionflow-tune-"))
+    project = tmp / "project"
+    project.mkdir()
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    src = make_photo_folder(tmp / "photos", args.per_class, SHAPES[:5], seed=0)
+    data_sets = ["--set", "data.channels=gray", "--set", f"data.image_size={args.side}"]
+    _run(["ingest", "--source", str(src), *data_sets], project)
+    _, t_default = _run(["run", *data_sets, *SETS], project)
+    default = _best_of_last_run(project)
+    out, t_tune = _run(["tune", "--budget", args.budget, *data_sets], project)
+    print("\n".join(line for line in out.splitlines() if line.strip()), flush=True)
+    _, t_tuned = _run(["run", "--profile", "tuned", *SETS], project)
+    tuned = _best_of_last_run(project)
+    print(f"\n{args.per_class * 5} generated photos as gray {args.side}×{args.side}, 5 classes")
+    print("| profile | best on validation | val acc | test acc | seconds |\n|---|---|---|---|---|")
+    print(f"| default | {default[0]} | {100 * default[2]:.2f} % | {100 * default[1]:.2f} % | {t_default:.0f} |")
+    print(f"| tune --budget {args.budget} | | | | {t_tune:.0f} |")
+    print(f"| tuned | {tuned[0]} | {100 * tuned[2]:.2f} % | {100 * tuned[1]:.2f} % | {t_tuned:.0f} |")
+    print(f"tuned − default, test accuracy of the model each run chose: {100 * (tuned[1] - default[1]):+.2f} points")
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        print(f"project kept: {project}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
