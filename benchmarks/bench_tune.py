@@ -4,7 +4,7 @@ as gray images (not digits), in a fresh project. Choices are made on validation;
 test accuracy is reported for both.
 
 Run:
-    .venv/bin/python benchmarks/bench_tune.py [--budget 10m] [--per-class 300] [--side 32] [--keep]
+    .venv/bin/python benchmarks/bench_tune.py [--budget 10m] [--family cnn] [--per-class 300] [--side 32] [--keep]
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def _best_of_last_run(project: Path) -> tuple[str, float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", default="10m")
+    ap.add_argument("--family", action="append", default=[], help="tune only these families (repeatable; default: every one)")
     ap.add_argument("--per-class", type=int, default=300)
     ap.add_argument("--side", type=int, default=32)
     ap.add_argument("--keep", action="store_true")
@@ -61,7 +62,7 @@ def main() -> int:
     _run(["ingest", "--source", str(src), *data_sets], project)
     _, t_default = _run(["run", *data_sets, *SETS], project)
     default = _best_of_last_run(project)
-    out, t_tune = _run(["tune", "--budget", args.budget, *data_sets], project)
+    out, t_tune = _run(["tune", "--budget", args.budget, *(a for f in args.family for a in ("--family", f)), *data_sets], project)
     print("\n".join(line for line in out.splitlines() if line.strip()), flush=True)
     _, t_tuned = _run(["run", "--profile", "tuned", *SETS], project)
     tuned = _best_of_last_run(project)
