@@ -637,8 +637,8 @@ class TuningConfig(_Strict):
     )
     families: list[str] | None = Field(None, description="classifier families to tune; null = every enabled classifier family")
     pruner: Literal["median", "hyperband"] = Field("median", description="stops a trial early when its validation accuracy lags the others' at the same epoch")
-    startup_trials: int = Field(2, ge=0, description="median pruner: finished trials before any trial is pruned")
-    warmup_epochs: int = Field(1, ge=0, description="median pruner: epochs of a trial before it may be pruned")
+    startup_trials: int = Field(5, ge=0, description="median pruner: finished trials before any trial is pruned")
+    warmup_epochs: int = Field(5, ge=0, description="median pruner: epochs of a trial before it may be pruned")
     seed: int = Field(0, description="seeds the TPE sampler (with the worker and the trials the study holds: a resumed or parallel search draws anew)")
     workers: int = Field(1, ge=1, description="parallel trials per family on Dask workers (orchestration.task_runner: dask), sharing one study")
     studies: dict[str, str] = Field(
