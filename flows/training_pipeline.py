@@ -94,6 +94,11 @@ def _must_reevaluate(force: bool, out_dir: Path) -> bool:
     return force or not (out_dir / "evaluation.json").exists()
 
 
+def _mark_evaluated(out_dir: str, run_id: str, model_uri: str, metrics: dict[str, float]) -> None:
+    """The marker `_must_reevaluate` looks for, written once the evaluation's files are complete."""
+    (Path(out_dir) / "evaluation.json").write_text(json.dumps({"run_id": run_id, "model_uri": model_uri, "metrics": metrics}))
+
+
 def _must_retrain(force: bool, models_dir: str, cache_key: str) -> bool:
     # A cached result names files under models_dir: if they are gone, refresh the cache entry.
     return force or not any((Path(models_dir) / cache_key).glob("*/model.pt"))
@@ -211,10 +216,9 @@ def evaluate_task(trained: TrainedModel, cfg: Config, data_dir: str, out_dir: st
     model, spec = runner.load_trained(trained.path)
     model_uri = store.log_model(trained.run_id, model, _input_example(spec), spec.to_json(),
                                 extra_metadata={"task": "classification", "model_key": trained.key})  # fmt: skip
-    result = Evaluation(trained.key, out["row"]["family"], trained.run_id, model_uri, trained.path, float(trained.val_acc or 0.0), out["val_robust"],
-                        out["correct_path"], out["metrics"], tuple(out["images"]))  # fmt: skip
-    (Path(out_dir) / "evaluation.json").write_text(json.dumps({"run_id": trained.run_id, "model_uri": model_uri, "metrics": out["metrics"]}))
-    return result
+    _mark_evaluated(out_dir, trained.run_id, model_uri, out["metrics"])
+    return Evaluation(trained.key, out["row"]["family"], trained.run_id, model_uri, trained.path, float(trained.val_acc or 0.0), out["val_robust"],
+                      out["correct_path"], out["metrics"], tuple(out["images"]))  # fmt: skip
 
 
 @task(name="evaluate-gan", cache_key_fn=_by_cache_key, persist_result=True)
@@ -228,7 +232,7 @@ def evaluate_gan_task(trained: TrainedModel, judge_path: str, cfg: Config, data_
     gan, spec = runner.load_trained(trained.path)
     model_uri = store.log_model(trained.run_id, gan, np.array([0, 1], dtype=np.int64), spec.to_json(),
                                 extra_metadata={"task": "generation"})  # fmt: skip
-    (Path(out_dir) / "evaluation.json").write_text(json.dumps({"run_id": trained.run_id, "model_uri": model_uri, "metrics": out["metrics"]}))
+    _mark_evaluated(out_dir, trained.run_id, model_uri, out["metrics"])
     return GanEvaluation(trained.key, trained.run_id, model_uri, out["metrics"]["gan_test"], out["metrics"]["gan_train"], int(out["row"]["params"]),
                          tuple(out["images"]))  # fmt: skip
 
@@ -353,6 +357,12 @@ def _prepare_data(ws: Workspace, cfg: Config, profile: str, source: str | None, 
     return data
 
 
+def run_lineage(ws: Workspace, cfg: Config, data_version: str, profile: str) -> dict[str, str]:
+    """The lineage tags of a pipeline or tune run and of everything it logs: data, config, code, profile."""
+    return {"data_version": data_version, "params_hash": cfg.hash(), "git_commit": versioning.git_commit(ws.root) or "none",
+            "code_version": code_version(), "profile": profile}  # fmt: skip
+
+
 class _Ran:
     """A task already run in the flow's thread, with a future's `result()`."""
 
@@ -392,11 +402,9 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
     if not isinstance(data, DataFlowResult):
         return data
     data_dir = ws.data_dir(cfg.data.dir)
-    lineage = {"data_version": data.data_version, "params_hash": cfg.hash(), "git_commit": versioning.git_commit(ws.root) or "none",
-               "code_version": code_version(), "profile": profile}  # fmt: skip
-    studies = getattr(getattr(cfg, "tuning", None), "studies", None)
-    if studies:  # a tuned profile: the Optuna studies its recipes came from (`visionflow tune`)
-        lineage["tuning_studies"] = ",".join(f"{k}={v}" for k, v in sorted(studies.items()))
+    lineage = run_lineage(ws, cfg, data.data_version, profile)
+    if cfg.tuning.studies:  # a tuned profile: the Optuna studies its recipes came from (`visionflow tune`)
+        lineage["tuning_studies"] = ",".join(f"{k}={v}" for k, v in sorted(cfg.tuning.studies.items()))
     uri, exp_id = store.configure(ws, cfg.tracking.uri, cfg.tracking.experiment)
     store.mark_stale_runs(exp_id)
     parent = store.start_run(exp_id, f"pipeline-{profile}-{time.strftime('%Y%m%d-%H%M%S')}", {**lineage, **store.process_tag()},
@@ -438,8 +446,9 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
         if gan_trained is not None:
             judge = trained.get("cnn") or max(trained.values(), key=lambda t: t.val_acc or 0.0)
             gan_eval = evaluate.generator(gan_trained, judge)
-        rows = [e.row for e in evals] + ([gan_eval.row] if gan_eval else [])
-        images = {e.key: list(e.images) for e in evals + ([gan_eval] if gan_eval else [])}
+        all_evals = evals + ([gan_eval] if gan_eval else [])
+        rows = [e.row for e in all_evals]
+        images = {e.key: list(e.images) for e in all_evals}
         notes = [f"data version {data.data_version}; params hash {lineage['params_hash']}; MLflow parent run {parent}",
                  "accuracy etc. on the test split; the best model is chosen on validation, the champion gate compares on the test split"]  # fmt: skip
         for f, res in fused.items():
@@ -471,8 +480,7 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
     return PipelineResult(parent, data.data_version, report, table, champion, selection.reason if selection else "not registered (reproduction)",
                           selection.generator_version if selection else None, rows, uri, data.data_docs, time.perf_counter() - start,
                           bento["bento_tag"] if bento else None, cached,
-                          {e.key: e.metrics for e in evals + ([gan_eval] if gan_eval else [])}, aliases, registered,
-                          sorted(e.key for e in evals + ([gan_eval] if gan_eval else []) if e.cached_from))  # fmt: skip
+                          {e.key: e.metrics for e in all_evals}, aliases, registered, sorted(e.key for e in all_evals if e.cached_from))  # fmt: skip
 
 
 def _adopt(trained: TrainedModel, cfg: Config, exp_id: str, parent: str, lineage: dict) -> TrainedModel:

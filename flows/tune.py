@@ -21,14 +21,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import Config, parse_duration
 from components.data import versioning
-from components.lineage import code_version
 from components.locking import workspace_lock
 from components.process import STOP
 from components.tracking import mlflow_store as store
 from components.training import tune
 from components.workspace import Workspace
 from flows.data_flow import DataFlowResult, resolve
-from flows.training_pipeline import _prepare_data
+from flows.training_pipeline import _prepare_data, run_lineage
 
 
 @dataclass
@@ -83,8 +82,7 @@ def _tune(ws: Workspace, cfg: Config, profile: str, overrides: list[str], famili
         return data
     deadline = time.time() + seconds  # the budget counts from the data being ready
     data_dir = str(ws.data_dir(cfg.data.dir))
-    lineage = {"data_version": data.data_version, "params_hash": cfg.hash(), "git_commit": versioning.git_commit(ws.root) or "none",
-               "code_version": code_version(), "profile": profile}  # fmt: skip
+    lineage = run_lineage(ws, cfg, data.data_version, profile)
     experiment = tune.tune_experiment(cfg)
     uri, exp_id = store.configure(ws, cfg.tracking.uri, experiment)
     store.mark_stale_runs(exp_id)

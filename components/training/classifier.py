@@ -38,6 +38,11 @@ class Batcher:
     cfg: TrainConfig | None = None  # None: no augmentation (evaluation)
     noise_on: bool = True  # fit turns noise training on once validation accuracy allows (TrainConfig.noise_from_val_acc)
 
+    @property
+    def noising(self) -> bool:
+        """Whether this batcher adds training noise to the batches it makes now."""
+        return self.cfg is not None and bool(self.cfg.noise_sigma) and self.noise_on
+
     def __post_init__(self) -> None:
         c = self.spec.in_channels
         self.mean = torch.tensor(self.spec.mean, device=self.device).view(1, c, 1, 1)
@@ -52,7 +57,7 @@ class Batcher:
             x = photo_augment(x, self.cfg, gen)
         elif mode != "none":
             x = augment(x, self.cfg, gen)
-        if self.cfg is not None and self.cfg.noise_sigma and self.noise_on:
+        if self.noising:
             x = add_noise(x, float(self.cfg.noise_sigma), self.cfg.noise_fraction, gen)
         return self.normalize(x)
 
@@ -394,7 +399,7 @@ def fit(
             _sync_buffers(model)  # BatchNorm statistics are per rank: rank 0's, so every rank scores the same
         val_stats = evaluate(model, val, eval_batcher, bf16=bf16)
         metrics = {**stats, "val_loss": val_stats["loss"], "val_acc": val_stats["acc"], "lr": optimizer.param_groups[0]["lr"], "epoch": epoch,
-                   "noise_training": float(bool(cfg.noise_sigma) and train_batcher.noise_on)}  # fmt: skip
+                   "noise_training": float(train_batcher.noising)}  # fmt: skip
         history.append(metrics)
         improved = val_stats["acc"] > best_acc or (val_stats["acc"] == best_acc and val_stats["loss"] < best_loss)
         if improved:
