@@ -1,6 +1,6 @@
-"""Which gray-image recipe holds across data: the default cnn recipe against alternatives and a plain
-PyTorch loop, on the bundled digits and on a gray set that is not digits (the generated photos,
-converted to gray at ingest). Every choice is made on validation; test and noise figures are reported.
+"""Which recipe holds across data: the default cnn recipe against alternatives and a plain PyTorch
+loop, on the bundled digits, on a gray set that is not digits (the generated photos, converted to
+gray at ingest) and on the generated photos in colour (`photos`). Every choice is made on validation; test and noise figures are reported.
 
 Run (after `make run` or `visionflow ingest` has put the digits in data/):
     .venv/bin/python benchmarks/bench_recipes.py [--epochs 30] [--recipes default shift shift-flip ...] [--json out.json]
@@ -13,7 +13,8 @@ Recipes (visionflow's training loop, the default cnn otherwise):
     shift+noise  ±2 px shifts + noise training
     shift-fp32   shift, in fp32 where `precision: auto` would use bf16 autocast
 plain: a hand-written loop (the same cnn, AdamW one-cycle, batch 128, ±2 px shifts, no noise, no
-early stopping, the last epoch's weights), the issue's reference point.
+early stopping, the last epoch's weights), the issue's reference point. `--plain-time same` gives it
+the wall time the default recipe took on the same data (as many epochs as fit), instead of --epochs.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ RECIPES = {
 }
 
 
-def gray_photos(tmp: Path, per_class: int, side: int) -> Path:
-    """The generated photos, ingested as gray images at `side` px: a gray set that is not digits."""
+def photos(tmp: Path, per_class: int, side: int, channels: str = "gray") -> Path:
+    """The generated photos, ingested at `side` px as gray images (a gray set that is not digits) or RGB."""
     from components.data.synthetic import SHAPES, make_photo_folder
 
     src = make_photo_folder(tmp / "photos", per_class, SHAPES[:5], seed=0)
@@ -50,7 +51,7 @@ def gray_photos(tmp: Path, per_class: int, side: int) -> Path:
     project.mkdir()
     shutil.copy(REPO / "params.yaml", project / "params.yaml")
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    sets = ["--set", "data.channels=gray", "--set", f"data.image_size={side}"]
+    sets = ["--set", f"data.channels={channels}", "--set", f"data.image_size={side}"]
     subprocess.run([VISIONFLOW, "ingest", "--source", str(src), *sets], cwd=project, check=True, capture_output=True)
     return project / "data"
 
@@ -64,20 +65,21 @@ def _scores(path: str, splits) -> dict[str, float]:
     return {"val": split_accuracy(path, splits["val"]), "test": split_accuracy(path, splits["test"]), "noise_0.3": noisy["acc_noise_0.3"]}
 
 
-def visionflow_recipe(name: str, data_dir: Path, epochs: int, out: Path) -> dict:
+def visionflow_recipe(name: str, data_dir: Path, epochs: int | None, out: Path, sets: list[str]) -> dict:
     from components.config import load_config
     from components.training.runner import load_for_training, train_classifier
 
-    cfg = load_config(REPO / "params.yaml", "default", ["engine.progress=false"])
+    cfg = load_config(REPO / "params.yaml", "default", ["engine.progress=false", *sets])
     loaded = load_for_training(data_dir, cfg.data, cfg.engine)
     fam = cfg.models.cnn
-    fam = fam.model_copy(update={"train": fam.train.model_copy(update={"epochs": epochs, **RECIPES[name]})})
+    update = {**RECIPES[name], **({"epochs": epochs} if epochs else {})}  # no --epochs: the recipe's own (`auto`)
+    fam = fam.model_copy(update={"train": fam.train.model_copy(update=update)})
     t = time.perf_counter()
     res = train_classifier("cnn", fam, cfg.engine, data_dir, out / name, loaded=loaded, data=cfg.data)
     return {"seconds": time.perf_counter() - t, "epochs_run": res["epochs_run"], **_scores(res["path"], loaded[1])}
 
 
-def plain_loop(data_dir: Path, epochs: int, out: Path) -> dict:
+def plain_loop(data_dir: Path, epochs: int, out: Path, sets: list[str], seconds: float | None = None) -> dict:
     import torch
     import torch.nn as nn
 
@@ -85,31 +87,40 @@ def plain_loop(data_dir: Path, epochs: int, out: Path) -> dict:
     from components.models import create_model
     from components.training.runner import load_for_training, save_trained
 
-    cfg = load_config(REPO / "params.yaml", "default", ["engine.progress=false"])
+    cfg = load_config(REPO / "params.yaml", "default", ["engine.progress=false", *sets])
     spec, splits = load_for_training(data_dir, cfg.data, cfg.engine)
-    torch.manual_seed(0)
     fam = cfg.models.cnn
-    model = create_model("cnn", num_classes=spec.num_classes, in_channels=spec.in_channels, image_size=spec.image_size, **fam.hparams)
     x, y = splits["train"].x, splits["train"].y
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
     bs = 128
-    steps = epochs * ((len(x) + bs - 1) // bs)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    loss_fn = nn.CrossEntropyLoss()
+
+    def train(epochs: int):
+        torch.manual_seed(0)
+        model = create_model("cnn", num_classes=spec.num_classes, in_channels=spec.in_channels, image_size=spec.image_size, **fam.hparams)
+        steps = epochs * ((len(x) + bs - 1) // bs)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+        loss_fn = nn.CrossEntropyLoss()
+        for _ in range(epochs):
+            model.train()
+            for idx in torch.randperm(len(x)).split(bs):
+                xb = (x[idx].float() / 255 - mean) / std
+                dx, dy = (int(v) for v in torch.randint(-2, 3, (2,)))
+                xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))  # ±2 px shifts (one per batch, as a simple loop would)
+                loss = loss_fn(model(xb), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+        return model
+
+    if seconds is not None:  # the same wall time: as many epochs as one timed epoch says fit
+        t = time.perf_counter()
+        train(1)
+        epochs = max(1, round(seconds / (time.perf_counter() - t)))
     t = time.perf_counter()
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(x)).split(bs):
-            xb = (x[idx].float() / 255 - mean) / std
-            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,)))
-            xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))  # ±2 px shifts (one per batch, as a simple loop would)
-            loss = loss_fn(model(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    model = train(epochs)
     seconds = time.perf_counter() - t
     path = save_trained(model.eval(), "cnn", fam.hparams, spec, out / "plain" / "model.pt")
     return {"seconds": seconds, "epochs_run": epochs, **_scores(str(path), splits)}
@@ -117,20 +128,33 @@ def plain_loop(data_dir: Path, epochs: int, out: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=None, help="every recipe and the plain loop (default: each recipe's own; the plain loop 30)")
     ap.add_argument("--recipes", nargs="+", default=[*RECIPES, "plain"])
-    ap.add_argument("--datasets", nargs="+", default=["digits", "gray-photos"])
-    ap.add_argument("--per-class", type=int, default=300, help="gray photos: images per class (5 classes)")
-    ap.add_argument("--side", type=int, default=32, help="gray photos: training side in px")
+    ap.add_argument("--datasets", nargs="+", choices=["digits", "gray-photos", "photos"], default=["digits", "gray-photos"])
+    ap.add_argument("--per-class", type=int, default=300, help="photos: images per class (5 classes)")
+    ap.add_argument("--side", type=int, default=32, help="photos: training side in px (data.image_size)")
+    ap.add_argument(
+        "--plain-time",
+        choices=["epochs", "same"],
+        default="epochs",
+        help="the plain loop trains --epochs (epochs), or for the default recipe's wall time on the same data (same)",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="visionflow-recipes-"))
     rows = []
     try:
         for ds in args.datasets:
-            data_dir = REPO / "data" if ds == "digits" else gray_photos(tmp / ds, args.per_class, args.side)
+            channels = "rgb" if ds == "photos" else "gray"
+            data_dir = REPO / "data" if ds == "digits" else photos(tmp / ds, args.per_class, args.side, channels)
+            sets = [] if ds == "digits" else [f"data.image_size={args.side}"]
+            seconds = None
             for name in args.recipes:
-                fig = plain_loop(data_dir, args.epochs, tmp / ds) if name == "plain" else visionflow_recipe(name, data_dir, args.epochs, tmp / ds)
+                if name == "plain":
+                    fig = plain_loop(data_dir, args.epochs or 30, tmp / ds, sets, seconds if args.plain_time == "same" else None)
+                else:
+                    fig = visionflow_recipe(name, data_dir, args.epochs, tmp / ds, sets)
+                    seconds = fig["seconds"] if name == "default" else seconds
                 rows.append({"dataset": ds, "recipe": name, **fig})
                 print(json.dumps(rows[-1]), flush=True)
     finally:

@@ -67,7 +67,9 @@ class DataConfig(_Strict):
     image_size: Literal["auto"] | int | tuple[int, int] = Field(
         "auto", description="training size: auto (the data's one size, else a square of the median shorter side), a side, or [H, W]"
     )
-    max_side: int = Field(64, ge=8, description="auto image_size: cap on the longer side (keeps CPU training fast)")
+    max_side: int = Field(
+        32, ge=8, description="auto image_size: cap on the longer side on a CPU (docs/benchmarks.md: as accurate as 64 on the photos measured, 2-5× faster)"
+    )
     max_side_gpu: int = Field(128, ge=8, description="auto image_size on a GPU")
     resize: Literal["crop", "pad", "stretch"] = Field("crop", description="images of other sizes: shorter side + centre crop, pad, or stretch")
     memory_budget_mb: int = Field(
@@ -118,7 +120,7 @@ class TrainConfig(_Strict):
     )  # fmt: skip
     rotate_deg: float = Field(10.0, ge=0)
     scale: float = Field(0.1, ge=0, lt=1)
-    shift_px: float = Field(2.0, ge=0)
+    shift_px: float = Field(2.0, ge=0, description="random shifts up to this many px (shift: by whole pixels; affine: any amount)")
     elastic_alpha: float = Field(0.0, ge=0, description="affine: elastic distortion strength in px (Simard et al. 2003; 0 = off)")
     elastic_sigma: float = Field(4.0, gt=0, description="affine: smoothness of the elastic displacement field, px")
     crop_scale: float = Field(0.6, gt=0, le=1, description="photo: smallest area fraction of a random resized crop")

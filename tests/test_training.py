@@ -99,6 +99,16 @@ def test_augment_moves_pixels_but_keeps_shape():
         assert out.shape == x.shape and not torch.allclose(out, x)
 
 
+def test_shifts_move_whole_pixels_without_blur():
+    x = torch.rand(32, 1, 12, 12)
+    out = augment(x, TrainConfig(augment="shift", shift_px=2), torch.Generator().manual_seed(0))
+    pad = torch.nn.functional.pad(x, (2, 2, 2, 2))  # zeros come in at the border
+    for i in range(len(x)):  # every image is its original moved by whole pixels: no interpolated values
+        shifted = [pad[i, :, 2 - dy : 14 - dy, 2 - dx : 14 - dx] for dy in range(-2, 3) for dx in range(-2, 3)]
+        assert any(torch.allclose(out[i], s, atol=1e-5) for s in shifted), f"image {i} is not a whole-pixel shift"
+    assert sum(not torch.allclose(out[i], x[i]) for i in range(len(x))) > 16  # and most of them moved
+
+
 def test_elastic_distortion_is_local_smooth_and_scales_with_alpha():
     from components.training.classifier import elastic_field
 

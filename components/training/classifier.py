@@ -138,14 +138,21 @@ def photo_augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator | None
 
 
 def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator | None) -> torch.Tensor:
-    """Per-sample random affine (rotation, scale, shift in pixels), batched with affine_grid."""
+    """Per-sample random affine (rotation, scale, shift in pixels), batched with affine_grid. `shift`
+    alone moves by whole pixels, which samples the pixel centres exactly: a fractional shift is a
+    bilinear blur the test images never have (docs/benchmarks.md); an affine map interpolates anyway."""
     n, _, h, w = x.shape
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return torch.rand(n, generator=gen).mul_(hi - lo).add_(lo)
 
-    tx = uniform(-cfg.shift_px, cfg.shift_px) * 2 / w
-    ty = uniform(-cfg.shift_px, cfg.shift_px) * 2 / h
+    if cfg.augment == "shift":
+        s = int(cfg.shift_px)
+        tx = torch.randint(-s, s + 1, (n,), generator=gen).float() * 2 / w
+        ty = torch.randint(-s, s + 1, (n,), generator=gen).float() * 2 / h
+    else:
+        tx = uniform(-cfg.shift_px, cfg.shift_px) * 2 / w
+        ty = uniform(-cfg.shift_px, cfg.shift_px) * 2 / h
     if cfg.augment == "affine":
         angle = uniform(-cfg.rotate_deg, cfg.rotate_deg) * math.pi / 180
         scale = uniform(1 - cfg.scale, 1 + cfg.scale)
