@@ -423,16 +423,26 @@ def _pipeline(ws: Workspace, cfg: Config, profile: str, source: str | None, forc
         run_args = (exp_id, parent, lineage)
         keys = {k: family_cache_key(k, fam, cfg, data.data_version) for k, fam in cfg.models.classifiers().items()}
         here = cfg.orchestration.task_runner == "thread" and cfg.orchestration.max_workers == 1
+
+        generators = cfg.models.generators()  # at most one (the config says so)
+
+        def start_gan():
+            if not generators:
+                return None
+            g, gen = next(iter(generators.items()))
+            gk = family_cache_key(g, gen, cfg, data.data_version)
+            return _start(train_gan_task.with_options(task_run_name=f"train-{g}", refresh_cache=_must_retrain(force, models_dir, gk)),
+                          here, g, cfg, str(data_dir), models_dir, gk, uri, *run_args, fresh=force)  # fmt: skip
+
+        # in parallel the GAN (the longest training) starts first, so it does not start last on a worker
+        gan_future = None if here else start_gan()
         futures = {
             k: _start(train_classifier_task.with_options(task_run_name=f"train-{k}", refresh_cache=_must_retrain(force, models_dir, ck)),
                       here, k, cfg, str(data_dir), models_dir, ck, uri, *run_args, fresh=force)
             for k, ck in keys.items()
         }  # fmt: skip
-        gan_future = None
-        for g, gen in cfg.models.generators().items():  # at most one (the config says so)
-            gk = family_cache_key(g, gen, cfg, data.data_version)
-            gan_future = _start(train_gan_task.with_options(task_run_name=f"train-{g}", refresh_cache=_must_retrain(force, models_dir, gk)),
-                                here, g, cfg, str(data_dir), models_dir, gk, uri, *run_args, fresh=force)  # fmt: skip
+        if here:
+            gan_future = start_gan()
         trained = {k: _adopt(f.result(), cfg, *run_args) for k, f in futures.items()}
         gan_trained = _adopt(gan_future.result(), cfg, *run_args) if gan_future is not None else None
         fused = {}
