@@ -4,8 +4,10 @@ and EXIF-rotated files, no split folders) through the README's two commands in a
 
     visionflow ingest --source DIR && visionflow run          (default profile)
 
-Prints the wall time of each command, the peak resident memory of the process tree (sampled every
-0.2 s), the training size chosen, every model's test accuracy and the champion's.
+Prints the wall time of each command (and as a ratio to T_ref, measured first: 105,000 ÷ the bare-loop
+img/s of `bench_engine_vs_bare.py --epochs 1`, so it holds across machines), the peak resident memory
+of the process tree (sampled every 0.2 s), the training size chosen, every model's test accuracy and
+the champion's.
 
 Run:
     .venv/bin/python benchmarks/bench_photos.py [--per-class 300] [--classes 5] [--profile default]
@@ -67,8 +69,13 @@ def main() -> int:
     ap.add_argument("--profile", default="default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the temp project")
+    ap.add_argument("--no-t-ref", action="store_true", help="skip measuring T_ref (needs the digits in data/)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_pipeline import measure_t_ref
+
+    t_ref = None if args.no_t_ref else measure_t_ref()
     from components.data.synthetic import SHAPES, make_photo_folder
 
     tmp = Path(tempfile.mkdtemp(prefix="visionflow-photos-"))
@@ -99,6 +106,7 @@ def main() -> int:
         "peak_mb_ingest": rss_ingest, "peak_mb_run": rss_run,
         "champion": f"{mv.tags.get('model_key')} v{mv.version}", "champion_test_accuracy": float(mv.tags["test_accuracy"]),
         "image_size": spec["image_size"], "resize": spec.get("resize"), "channels": spec["in_channels"],
+        **({"t_ref_s": round(t_ref, 1), "total_over_t_ref": round((t_ingest + t_run) / t_ref, 2)} if t_ref else {}),
     }, indent=1))  # fmt: skip
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
