@@ -141,6 +141,8 @@ def main() -> int:
     )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.plain_time == "same" and "plain" in args.recipes and "default" not in args.recipes[: args.recipes.index("plain")]:
+        ap.error("--plain-time same: list the default recipe before plain (plain gets the time it took)")
     tmp = Path(tempfile.mkdtemp(prefix="visionflow-recipes-"))
     rows = []
     try:
