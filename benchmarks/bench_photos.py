@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -95,6 +96,10 @@ def main() -> int:
         print(out[-4000:])
         return rc
     print("\n".join(line for line in out.splitlines() if line.startswith(("|", "selection", "champion", "training on", "done in"))))
+    train_s = {}  # each family's training seconds, from its last per-epoch progress line
+    for m in re.finditer(r"^epoch family=(\S+) epoch=(\d+)/\d+ .* elapsed_s=([\d.]+)", out, re.M):
+        train_s[m.group(1)] = (int(m.group(2)), float(m.group(3)))
+    print("training: " + ", ".join(f"{k} {s:.0f} s ({e} epochs)" for k, (e, s) in train_s.items()))
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{project / '.visionflow' / 'mlflow' / 'mlflow.db'}")

@@ -7,10 +7,10 @@ Run (after `make run` or `visionflow ingest` has put the digits in data/):
 
 Recipes (visionflow's training loop, the default cnn otherwise):
     default      what `augment: auto` / `noise_sigma: auto` resolve to for gray data today
-    affine+noise affine (±10°, scale 0.1, ±2 px) + Gaussian-noise training σ~U(0, 0.4) on half of each batch
+    affine+noise affine (±10°, scale 0.1, ±2 px) + Gaussian-noise training σ~U(0, 0.4) on half of each batch from the first epoch
     affine       affine, no noise training
     shift        ±2 px shifts only, no noise training
-    shift+noise  ±2 px shifts + noise training
+    shift+noise  ±2 px shifts + noise training from the first epoch
     shift-fp32   shift, in fp32 where `precision: auto` would use bf16 autocast
 plain: a hand-written loop (the same cnn, AdamW one-cycle, batch 128, ±2 px shifts, no noise, no
 early stopping, the last epoch's weights), the issue's reference point. `--plain-time same` gives it
@@ -34,10 +34,10 @@ VISIONFLOW = str(Path(sys.executable).with_name("visionflow"))
 
 RECIPES = {
     "default": {},
-    "affine+noise": {"augment": "affine", "noise_sigma": 0.4},
+    "affine+noise": {"augment": "affine", "noise_sigma": 0.4, "noise_from_val_acc": 0.0},
     "affine": {"augment": "affine", "noise_sigma": 0.0},
     "shift": {"augment": "shift", "noise_sigma": 0.0},
-    "shift+noise": {"augment": "shift", "noise_sigma": 0.4},
+    "shift+noise": {"augment": "shift", "noise_sigma": 0.4, "noise_from_val_acc": 0.0},
     "shift-fp32": {"augment": "shift", "noise_sigma": 0.0, "precision": "fp32"},
 }
 
@@ -52,8 +52,59 @@ def photos(tmp: Path, per_class: int, side: int, channels: str = "gray") -> Path
     shutil.copy(REPO / "params.yaml", project / "params.yaml")
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     sets = ["--set", f"data.channels={channels}", "--set", f"data.image_size={side}"]
-    subprocess.run([VISIONFLOW, "ingest", "--source", str(src), *sets], cwd=project, check=True, capture_output=True)
+    return _ingest(project, src, sets)
+
+
+def _ingest(project: Path, src: Path, sets: list[str]) -> Path:
+    done = subprocess.run([VISIONFLOW, "ingest", "--source", str(src), *sets], cwd=project, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"visionflow ingest of {src} failed:\n{(done.stdout + done.stderr)[-2000:]}")
     return project / "data"
+
+
+TEXTURE_PICTURES = ["brick", "grass", "gravel", "camera", "moon", "coins", "chelsea", "hubble_deep_field", "astronaut", "coffee"]
+
+
+def textures(tmp: Path, per_class: int, side: int) -> Path:
+    """A gray set from a library's data, neither digits nor generated: 32-64 px patches of ten pictures
+    that scikit-image ships (textures, a camera man, the moon, coins, a cat, galaxies, ...), gray at `side`
+    px, one class per picture (blank patches drawn again). Train, val and test patches come from disjoint horizontal bands of each
+    picture (the top 70 %, the next 15 %, the last 15 %), so a test patch shares no pixel with training."""
+    try:
+        import skimage.data
+        from skimage.color import rgb2gray
+    except ImportError:
+        raise SystemExit('textures: needs scikit-image (pip install -e ".[bench]")') from None
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    src = tmp / "textures"
+    counts = {"train": int(per_class * 0.7), "val": int(per_class * 0.15), "test": per_class - int(per_class * 0.7) - int(per_class * 0.15)}
+    for name in TEXTURE_PICTURES:
+        pic = getattr(skimage.data, name)()
+        pic = (rgb2gray(pic) * 255).astype(np.uint8) if pic.ndim == 3 else pic
+        h, w = pic.shape
+        bands = {"train": (0, int(0.7 * h)), "val": (int(0.7 * h), int(0.85 * h)), "test": (int(0.85 * h), h)}
+        for split, (top, bottom) in bands.items():
+            out = src / split / name
+            out.mkdir(parents=True)
+            taken: set[tuple[int, int, int]] = set()
+            for i in range(counts[split]):
+                patch, tries, where = np.zeros((1, 1), np.uint8), 0, None
+                while patch.std() < 8 or not 8 <= patch.mean() <= 247 or where in taken:  # blank (the moon's sky, a black backdrop) or drawn before
+                    if (tries := tries + 1) > 1000:
+                        raise SystemExit(f"textures: no patch with detail in the {split} band of {name}")
+                    s = int(rng.integers(32, min(64, bottom - top) + 1))
+                    y, x = int(rng.integers(top, bottom - s + 1)), int(rng.integers(0, w - s + 1))
+                    patch, where = pic[y : y + s, x : x + s], (y, x, s)
+                taken.add(where)
+                Image.fromarray(patch).resize((side, side), Image.BILINEAR).save(out / f"{i:04d}.png")
+    project = tmp / "project"
+    project.mkdir()
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    return _ingest(project, src, ["--set", "data.channels=gray"])
 
 
 def _scores(path: str, splits) -> dict[str, float]:
@@ -130,8 +181,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=None, help="every recipe and the plain loop (default: each recipe's own; the plain loop 30)")
     ap.add_argument("--recipes", nargs="+", default=[*RECIPES, "plain"])
-    ap.add_argument("--datasets", nargs="+", choices=["digits", "gray-photos", "photos"], default=["digits", "gray-photos"])
-    ap.add_argument("--per-class", type=int, default=300, help="photos: images per class (5 classes)")
+    ap.add_argument("--datasets", nargs="+", choices=["digits", "gray-photos", "photos", "textures"], default=["digits", "gray-photos"])
+    ap.add_argument("--per-class", type=int, default=None, help="photos (5 classes): images per class, default 300; textures (10 classes): default 500")
     ap.add_argument("--side", type=int, default=32, help="photos: training side in px (data.image_size)")
     ap.add_argument(
         "--plain-time",
@@ -148,7 +199,12 @@ def main() -> int:
     try:
         for ds in args.datasets:
             channels = "rgb" if ds == "photos" else "gray"
-            data_dir = REPO / "data" if ds == "digits" else photos(tmp / ds, args.per_class, args.side, channels)
+            if ds == "digits":
+                data_dir = REPO / "data"
+            elif ds == "textures":
+                data_dir = textures(tmp / ds, args.per_class or 500, args.side)
+            else:
+                data_dir = photos(tmp / ds, args.per_class or 300, args.side, channels)
             sets = [] if ds == "digits" else [f"data.image_size={args.side}"]
             seconds = None
             for name in args.recipes:

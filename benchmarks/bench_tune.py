@@ -1,10 +1,11 @@
 """Does the search pay on data the defaults were not tuned for? The default profile's champion against
-`visionflow tune --budget B` then `visionflow run --profile tuned`, on the generated photos ingested
-as gray images (not digits), in a fresh project. Choices are made on validation; the champion's
-test accuracy is reported for both.
+`visionflow tune --budget B` then `visionflow run --profile tuned`, on a gray set that is not digits
+in a fresh project: the generated photos ingested as gray images (`gray-photos`), or patches of the
+pictures scikit-image ships (`textures`, bench_recipes.py). Choices are made on validation; the
+champion's test accuracy is reported for both.
 
 Run:
-    .venv/bin/python benchmarks/bench_tune.py [--budget 10m] [--family cnn] [--per-class 300] [--side 32] [--keep]
+    .venv/bin/python benchmarks/bench_tune.py [--dataset gray-photos|textures] [--budget 10m] [--family cnn] [--per-class 300] [--side 32] [--keep]
 """
 
 from __future__ import annotations
@@ -46,27 +47,38 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", default="10m")
     ap.add_argument("--family", action="append", default=[], help="tune only these families (repeatable; default: every one)")
-    ap.add_argument("--per-class", type=int, default=300)
+    ap.add_argument("--dataset", choices=["gray-photos", "textures"], default="gray-photos")
+    ap.add_argument("--per-class", type=int, default=None, help="gray-photos (5 classes): default 300; textures (10 classes): default 500")
     ap.add_argument("--side", type=int, default=32)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     from components.data.synthetic import SHAPES, make_photo_folder
 
     tmp = Path(tempfile.mkdtemp(prefix="visionflow-tune-"))
-    project = tmp / "project"
-    project.mkdir()
-    shutil.copy(REPO / "params.yaml", project / "params.yaml")
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    src = make_photo_folder(tmp / "photos", args.per_class, SHAPES[:5], seed=0)
     data_sets = ["--set", "data.channels=gray", "--set", f"data.image_size={args.side}"]
-    _run(["ingest", "--source", str(src), *data_sets], project)
+    if args.dataset == "textures":
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from bench_recipes import TEXTURE_PICTURES, textures
+
+        per_class, classes = args.per_class or 500, len(TEXTURE_PICTURES)
+        project = textures(tmp, per_class, args.side).parent
+        what = f"{per_class * classes} patches of scikit-image's pictures, gray {args.side}×{args.side}, {classes} classes"
+    else:
+        per_class, classes = args.per_class or 300, 5
+        project = tmp / "project"
+        project.mkdir()
+        shutil.copy(REPO / "params.yaml", project / "params.yaml")
+        subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+        src = make_photo_folder(tmp / "photos", per_class, SHAPES[:classes], seed=0)
+        _run(["ingest", "--source", str(src), *data_sets], project)
+        what = f"{per_class * classes} generated photos as gray {args.side}×{args.side}, {classes} classes"
     _, t_default = _run(["run", *data_sets, *SETS], project)
     default = _best_of_last_run(project)
     out, t_tune = _run(["tune", "--budget", args.budget, *(a for f in args.family for a in ("--family", f)), *data_sets], project)
     print("\n".join(line for line in out.splitlines() if line.strip()), flush=True)
     _, t_tuned = _run(["run", "--profile", "tuned", *SETS], project)
     tuned = _best_of_last_run(project)
-    print(f"\n{args.per_class * 5} generated photos as gray {args.side}×{args.side}, 5 classes")
+    print(f"\n{what}")
     print("| profile | best on validation | val acc | test acc | seconds |\n|---|---|---|---|---|")
     print(f"| default | {default[0]} | {100 * default[2]:.2f} % | {100 * default[1]:.2f} % | {t_default:.0f} |")
     print(f"| tune --budget {args.budget} | | | | {t_tune:.0f} |")
