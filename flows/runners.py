@@ -26,9 +26,9 @@ def task_runner_for(orch: OrchestrationConfig):
         return DaskTaskRunner(address=orch.dask_address)
     # One thread per worker process: a training saturates its core, and torch in a Dask worker
     # starts with OMP_NUM_THREADS=1 (distributed's pre-spawn environment). That environment also sets
-    # MALLOC_TRIM_THRESHOLD_=65536, which makes glibc hand torch's per-step buffers back to the OS and
-    # fault them in again: training ran at 0.6 of its speed in a worker; the worker's 10 ms stack
-    # profiler cost another tenth (docs/benchmarks.md). None unsets a variable (distributed.nanny).
+    # MALLOC_TRIM_THRESHOLD_=65536, at which glibc hands torch's per-step buffers back to the OS and
+    # faults them in again, and workers sample their stacks every 10 ms: both slow training down
+    # (docs/benchmarks.md). None unsets a variable (distributed.nanny).
     import dask
 
     dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None, "distributed.worker.profile.enabled": False})
