@@ -114,6 +114,8 @@ def _tune(ws: Workspace, cfg: Config, profile: str, overrides: list[str], famili
             else:  # in the flow's thread (torch trains slower in a worker thread: flows/training_pipeline.py _start)
                 search(plan, cfg, data_dir, work_dir, share, trials, tracking)
             results.append(summarize_task.with_options(task_run_name=f"summarize-{key}")(plan, cfg, time.perf_counter() - family_start))
+            if note := tune.pruner_idle_note(results[-1], cfg.tuning, trials):
+                notes.append(note)
         path = tune.write_tuned_profile(ws.root / "params.yaml", profile, results, overrides)
         tune.log_results(parent, results, path)
     except BaseException as exc:

@@ -149,6 +149,16 @@ def test_tuned_profile_takes_the_best_only_where_it_beats_the_current_recipe(tmp
     assert load_config(params, "quick").models.cnn.train.lr == 0.003  # the other profiles are as they were
 
 
+def test_a_budget_that_ends_before_the_pruner_acts_is_said():
+    tuning = TuningConfig(startup_trials=5)
+    short = tune.TuneResult("cnn", "cnn-s1", 0.86, {}, 4, 0, 0, 0.86, 400.0, 0)
+    note = tune.pruner_idle_note(short, tuning, trials=None)
+    assert note is not None and note.startswith("cnn: the budget ended after 4 finished trials, before the pruner's 5")
+    assert tune.pruner_idle_note(short, tuning, trials=4) is None  # --trials asked for that few
+    assert tune.pruner_idle_note(tune.TuneResult("rnn", "rnn-s1", 0.78, {}, 4, 7, 0, 0.78, 400.0, 0), tuning, None) is None  # it pruned
+    assert tune.pruner_idle_note(tune.TuneResult("rnn", "rnn-s1", 0.78, {}, 5, 0, 0, 0.78, 400.0, 0), tuning, None) is None  # it could have
+
+
 def test_sibling_profile_files(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("profiles:\n  quick: {}\n")
