@@ -47,15 +47,14 @@ def photos(tmp: Path, per_class: int, side: int, channels: str = "gray") -> Path
     from components.data.synthetic import SHAPES, make_photo_folder
 
     src = make_photo_folder(tmp / "photos", per_class, SHAPES[:5], seed=0)
-    project = tmp / "project"
-    project.mkdir()
-    shutil.copy(REPO / "params.yaml", project / "params.yaml")
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    sets = ["--set", f"data.channels={channels}", "--set", f"data.image_size={side}"]
-    return _ingest(project, src, sets)
+    return _ingest(tmp / "project", src, ["--set", f"data.channels={channels}", "--set", f"data.image_size={side}"])
 
 
 def _ingest(project: Path, src: Path, sets: list[str]) -> Path:
+    """A fresh project (params.yaml, git) at `project` with `src` ingested; its data folder."""
+    project.mkdir()
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     done = subprocess.run([VISIONFLOW, "ingest", "--source", str(src), *sets], cwd=project, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"visionflow ingest of {src} failed:\n{(done.stdout + done.stderr)[-2000:]}")
@@ -100,11 +99,7 @@ def textures(tmp: Path, per_class: int, side: int) -> Path:
                     patch, where = pic[y : y + s, x : x + s], (y, x, s)
                 taken.add(where)
                 Image.fromarray(patch).resize((side, side), Image.BILINEAR).save(out / f"{i:04d}.png")
-    project = tmp / "project"
-    project.mkdir()
-    shutil.copy(REPO / "params.yaml", project / "params.yaml")
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    return _ingest(project, src, ["--set", "data.channels=gray"])
+    return _ingest(tmp / "project", src, ["--set", "data.channels=gray"])
 
 
 def _scores(path: str, splits) -> dict[str, float]:

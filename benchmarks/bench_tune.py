@@ -52,25 +52,18 @@ def main() -> int:
     ap.add_argument("--side", type=int, default=32)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
-    from components.data.synthetic import SHAPES, make_photo_folder
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_recipes import TEXTURE_PICTURES, photos, textures  # the same sets as the recipe benchmark
 
     tmp = Path(tempfile.mkdtemp(prefix="visionflow-tune-"))
     data_sets = ["--set", "data.channels=gray", "--set", f"data.image_size={args.side}"]
     if args.dataset == "textures":
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        from bench_recipes import TEXTURE_PICTURES, textures
-
         per_class, classes = args.per_class or 500, len(TEXTURE_PICTURES)
         project = textures(tmp, per_class, args.side).parent
         what = f"{per_class * classes} patches of scikit-image's pictures, gray {args.side}×{args.side}, {classes} classes"
     else:
         per_class, classes = args.per_class or 300, 5
-        project = tmp / "project"
-        project.mkdir()
-        shutil.copy(REPO / "params.yaml", project / "params.yaml")
-        subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-        src = make_photo_folder(tmp / "photos", per_class, SHAPES[:classes], seed=0)
-        _run(["ingest", "--source", str(src), *data_sets], project)
+        project = photos(tmp, per_class, args.side).parent
         what = f"{per_class * classes} generated photos as gray {args.side}×{args.side}, {classes} classes"
     _, t_default = _run(["run", *data_sets, *SETS], project)
     default = _best_of_last_run(project)

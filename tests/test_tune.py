@@ -155,6 +155,7 @@ def test_a_budget_that_ends_before_the_pruner_acts_is_said():
     note = tune.pruner_idle_note(short, tuning, trials=None)
     assert note is not None and note.startswith("cnn: the budget ended after 4 finished trials, before the pruner's 5")
     assert tune.pruner_idle_note(short, tuning, trials=4) is None  # --trials asked for that few
+    assert tune.pruner_idle_note(short, TuningConfig(pruner="hyperband", startup_trials=5), trials=None) is None  # no startup trials there
     assert tune.pruner_idle_note(tune.TuneResult("rnn", "rnn-s1", 0.78, {}, 4, 7, 0, 0.78, 400.0, 0), tuning, None) is None  # it pruned
     assert tune.pruner_idle_note(tune.TuneResult("rnn", "rnn-s1", 0.78, {}, 5, 0, 0, 0.78, 400.0, 0), tuning, None) is None  # it could have
 

@@ -100,7 +100,7 @@ class TuneResult:
 def pruner_idle_note(result: TuneResult, tuning: TuningConfig, trials: int | None) -> str | None:
     """A line for a search the budget ended before the median pruner could act (fewer finished trials
     than it waits for): nothing was stopped early, so the search was only its first few draws."""
-    if trials is not None or result.n_pruned or result.n_complete >= tuning.startup_trials:
+    if tuning.pruner != "median" or trials is not None or result.n_pruned or result.n_complete >= tuning.startup_trials:
         return None
     return (f"{result.key}: the budget ended after {result.n_complete} finished trials, before the pruner's {tuning.startup_trials} "
             "(tuning.startup_trials), so no trial was stopped early; a longer --budget or fewer --family gives the search more to compare")  # fmt: skip
