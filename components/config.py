@@ -638,6 +638,10 @@ class TuningConfig(_Strict):
         None, ge=1, description="per family: finished trials (complete + pruned) the study should hold; null = as many as the budget allows"
     )
     families: list[str] | None = Field(None, description="classifier families to tune; null = every enabled classifier family")
+    focus: Literal["leader", "even"] = Field(
+        "leader", description="leader: every family's current recipe is measured first, then what is left of the budget goes to the family "
+        "best on validation (what a cap of `trials` leaves, to the next); even: each family gets an equal share in turn"
+    )  # fmt: skip
     pruner: Literal["median", "hyperband"] = Field("median", description="stops a trial early when its validation accuracy lags the others' at the same epoch")
     startup_trials: int = Field(5, ge=0, description="median pruner: finished trials before any trial is pruned")
     warmup_epochs: int = Field(5, ge=0, description="median pruner: epochs of a trial before it may be pruned")

@@ -1,10 +1,11 @@
 """`tune_flow`: the checked-out data → an Optuna search per classifier family → the `tuned` profile.
 
 Wiring only (components/training/tune.py does the work). One MLflow parent run per invocation in the
-`<experiment>-tune` experiment, one nested run per trial. Families are searched one after another, each
-with its share of what is left of the budget; with the Dask runner and tuning.workers > 1, `workers`
-tasks of a family run trials of its one study at once (shared SQLite storage). Only names, numbers and
-small frozen dataclasses cross task boundaries.
+`<experiment>-tune` experiment, one nested run per trial. Families are searched one after another:
+with `tuning.focus: leader` (default) each family's current recipe first, then the rest of the budget
+best family first; with `even`, each with its share of what is left. With the Dask runner and
+tuning.workers > 1, `workers` tasks of a family run trials of its one study at once (shared SQLite
+storage). Only names, numbers and small frozen dataclasses cross task boundaries.
 """
 
 from __future__ import annotations
@@ -92,30 +93,51 @@ def _tune(ws: Workspace, cfg: Config, profile: str, overrides: list[str], famili
     storage = tune.storage_url(ws.home)
     dask = cfg.orchestration.task_runner == "dask"
     workers = cfg.tuning.workers if dask else 1
-    results, notes = [], []
+    notes: list[str] = []
     log = get_run_logger()
+    plans: dict[str, tune.StudyPlan] = {}
+    spent = dict.fromkeys(keys, 0.0)
+
+    def search(key: str, until: float, cap: int | None, workers: int) -> None:
+        t = time.perf_counter()
+        plan = plans[key]
+        work_dir = str(ws.home / "tune" / plan.study)
+        task_ = search_task.with_options(task_run_name=f"search-{key}")
+        if dask:  # each worker: its own process, 1 torch thread, the same study
+            for f in [task_.submit(plan, cfg, data_dir, work_dir, until, cap, tracking, w, 1) for w in range(workers)]:
+                f.result()
+        else:  # in the flow's thread (torch trains slower in a worker thread: flows/training_pipeline.py _start)
+            task_(plan, cfg, data_dir, work_dir, until, cap, tracking)
+        spent[key] += time.perf_counter() - t
+
+    def summarize(key: str) -> tune.TuneResult:
+        return summarize_task.with_options(task_run_name=f"summarize-{key}")(plans[key], cfg, spent[key])
+
+    leader = cfg.tuning.focus == "leader" and len(keys) > 1
     try:
         for i, key in enumerate(keys):
-            family_start = time.perf_counter()
             share = time.time() + max(0.0, deadline - time.time()) / (len(keys) - i)  # what earlier families left is shared on
             plan = prepare_study_task.with_options(task_run_name=f"prepare-{key}")(key, cfg, data_dir, data.data_version, storage)
+            plans[key] = plan
             if plan.requeued:
                 notes.append(f"{key}: trials {', '.join(map(str, plan.requeued))} of study {plan.study} were left running by a stopped search: "
                              "marked FAIL and run again")  # fmt: skip
             if plan.outside:
                 notes.append(f"{key}: the current {', '.join(plan.outside)} lie outside the space; trial 0 is not the current recipe")
             log.info("%s: study %s (%s)", key, plan.study, "new" if plan.default_queued else "resumed")
-            work_dir = str(ws.home / "tune" / plan.study)
-            search = search_task.with_options(task_run_name=f"search-{key}")
-            if dask:  # each worker: its own process, 1 torch thread, the same study
-                futures = [search.submit(plan, cfg, data_dir, work_dir, share, trials, tracking, w, 1) for w in range(workers)]
-                for f in futures:
-                    f.result()
-            else:  # in the flow's thread (torch trains slower in a worker thread: flows/training_pipeline.py _start)
-                search(plan, cfg, data_dir, work_dir, share, trials, tracking)
-            results.append(summarize_task.with_options(task_run_name=f"summarize-{key}")(plan, cfg, time.perf_counter() - family_start))
-            if note := tune.pruner_idle_note(results[-1], cfg.tuning, trials):
-                notes.append(note)
+            # leader: this pass measures the current recipe (trial 0; nothing on a study that has a finished trial)
+            search(key, share, 1 if leader else trials, 1 if leader else workers)
+        order = keys
+        if leader:  # the rest of the budget, best family first; a `trials` cap hands what it leaves to the next
+            order = tune.focus_order([summarize(k) for k in keys])
+            log.info("tuning in this order (validation accuracy so far): %s", ", ".join(order))
+            for key in order:
+                search(key, deadline, trials, workers)
+        results = [summarize(k) for k in keys]
+        searched = [r for r in results if not leader or r.n_complete + r.n_pruned > 1]
+        notes += [n for r in searched if (n := tune.pruner_idle_note(r, cfg.tuning, trials))]
+        if leader and (note := tune.focus_note(order, results)):
+            notes.append(note)
         path = tune.write_tuned_profile(ws.root / "params.yaml", profile, results, overrides)
         tune.log_results(parent, results, path)
     except BaseException as exc:

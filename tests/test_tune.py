@@ -160,6 +160,18 @@ def test_a_budget_that_ends_before_the_pruner_acts_is_said():
     assert tune.pruner_idle_note(tune.TuneResult("rnn", "rnn-s1", 0.78, {}, 5, 0, 0, 0.78, 400.0, 0), tuning, None) is None  # it could have
 
 
+def test_the_rest_of_the_budget_goes_to_the_best_family_first():
+    r = lambda key, best, n: tune.TuneResult(key, f"{key}-s", best, {}, n, 0, 0, best, 1.0, 0)  # noqa: E731
+    results = [r("cnn", 0.86, 1), r("rnn", 0.80, 1), r("cnn_lstm", 0.90, 1), r("gru", None, 0)]
+    assert tune.focus_order(results) == ["cnn_lstm", "cnn", "rnn", "gru"]  # unmeasured last
+    assert tune.focus_order([r("cnn", 0.9, 1), r("rnn", 0.9, 1)]) == ["cnn", "rnn"]  # a tie keeps the configured order
+    searched = [r("cnn", 0.86, 1), r("rnn", 0.80, 1), r("cnn_lstm", 0.92, 7)]
+    note = tune.focus_note(["cnn_lstm", "cnn", "rnn"], searched)
+    assert note.startswith("cnn (val acc 0.8600), rnn (val acc 0.8000): only the current recipe was measured; the rest of the budget went to cnn_lstm")
+    assert tune.focus_note(["cnn", "rnn"], [r("cnn", 0.9, 1), r("rnn", 0.8, 1)]) is None  # the budget ended at the baselines: nothing to say
+    assert tune.focus_note(["cnn", "rnn"], [r("cnn", 0.9, 3), r("rnn", 0.8, 3)]) is None  # a trials cap let both search
+
+
 def test_sibling_profile_files(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("profiles:\n  quick: {}\n")
@@ -285,6 +297,29 @@ def test_tune_end_to_end_then_run_the_tuned_profile(tune_project):
     assert parent.data.params["tuning.studies.cnn"] == name and parent.data.tags["profile"] == "tuned"
     config = json.loads(Path(c.download_artifacts(parent.info.run_id, "config.json", str(root.parent))).read_text())
     assert config["tuning"]["studies"] == {"cnn": name}
+
+
+@pytest.mark.slow
+def test_after_every_current_recipe_the_budget_goes_to_the_best_family(tune_project):
+    """tuning.focus: leader (default): trial 0 of each family, then the rest of a budget with no trials cap (quick has 4) to the
+    family best on validation; the other's search stops at its current recipe, and `tune` says so."""
+    import optuna
+
+    root = tune_project
+    space = ["--set", 'models.cnn.search={"train.lr": [0.01, 0.003, 0.001], "train.epochs": [1]}', "--set", "models.cnn.train.epochs=1",
+             "--set", "models.cnn.train.batch_size=32", "--set", 'models.rnn.search={"train.lr": [0.01, 0.003], "train.epochs": [1]}',
+             "--set", "models.rnn.train.batch_size=32", "--set", "models.rnn.train.lr=0.003", "--set", "tuning.trials=null"]  # fmt: skip
+    res = _cli("--profile", "quick", "tune", "--family", "cnn", "--family", "rnn", "--budget", "25s", *space, "--root", str(root))
+    _ok(res)
+    names = load_config(root / "params.yaml", "tuned").tuning.studies
+    storage = tune.storage_url(root / ".visionflow")
+    studies = {k: optuna.load_study(study_name=names[k], storage=storage) for k in ("cnn", "rnn")}
+    first = {k: s.trials[0] for k, s in studies.items()}
+    assert all(t.state.name == "COMPLETE" and t.user_attrs[tune.DEFAULT_ATTR] for t in first.values())  # every current recipe measured
+    leader, other = ("cnn", "rnn") if first["cnn"].value >= first["rnn"].value else ("rnn", "cnn")
+    assert len(studies[other].trials) == 1 and len(studies[leader].trials) > 1, {k: len(s.trials) for k, s in studies.items()}
+    assert min(t.datetime_start for t in studies[leader].trials[1:]) > first[other].datetime_complete  # the search began after both baselines
+    assert f"{other} (val acc {first[other].value:.4f}): only the current recipe was measured; the rest of the budget went to {leader}" in res.stdout
 
 
 @pytest.mark.slow

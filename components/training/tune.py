@@ -106,6 +106,24 @@ def pruner_idle_note(result: TuneResult, tuning: TuningConfig, trials: int | Non
             "(tuning.startup_trials), so no trial was stopped early; a longer --budget or fewer --family gives the search more to compare")  # fmt: skip
 
 
+def focus_order(results: list[TuneResult]) -> list[str]:
+    """Families best first by their best validation accuracy so far (the current recipe's, on a new
+    study); unmeasured ones last, ties in the configured order: the order `tuning.focus: leader` spends the rest of the budget in."""
+    ranked = sorted(enumerate(results), key=lambda ir: (ir[1].best_value is None, -(ir[1].best_value or 0.0), ir[0]))
+    return [r.key for _, r in ranked]
+
+
+def focus_note(order: list[str], results: list[TuneResult]) -> str | None:
+    """A line naming the families whose search stopped at the current recipe because the budget went to a better one."""
+    by_key = {r.key: r for r in results}
+    searched = [k for k in order if by_key[k].n_complete + by_key[k].n_pruned > 1]
+    left = [k for k in order if k not in searched]
+    if not searched or not left:
+        return None
+    return (f"{', '.join(f'{k} (val acc {_acc(by_key[k].best_value)})' for k in left)}: only the current recipe was measured; the rest of the "
+            f"budget went to {', '.join(searched)}, best on validation (tuning.focus: leader; `--set tuning.focus=even` shares it evenly)")  # fmt: skip
+
+
 def storage_url(home: str | Path) -> str:
     return f"sqlite:///{Path(home) / STORAGE_FILE}"
 
