@@ -132,6 +132,8 @@ def _tune(ws: Workspace, cfg: Config, profile: str, overrides: list[str], famili
             order = tune.focus_order([summarize(k) for k in keys])
             log.info("tuning in this order (validation accuracy so far): %s", ", ".join(order))
             for key in order:
+                if time.time() >= deadline:
+                    break
                 search(key, deadline, trials, workers)
         results = [summarize(k) for k in keys]
         searched = [r for r in results if not leader or r.n_complete + r.n_pruned > 1]
@@ -139,7 +141,7 @@ def _tune(ws: Workspace, cfg: Config, profile: str, overrides: list[str], famili
         if leader and (note := tune.focus_note(order, results)):
             notes.append(note)
         path = tune.write_tuned_profile(ws.root / "params.yaml", profile, results, overrides)
-        tune.log_results(parent, results, path)
+        tune.log_results(parent, results, path, order if leader else None, notes)
     except BaseException as exc:
         killed = isinstance(exc, (KeyboardInterrupt, TerminationSignal))
         if killed:

@@ -305,6 +305,8 @@ def test_after_every_current_recipe_the_budget_goes_to_the_best_family(tune_proj
     family best on validation; the other's search stops at its current recipe, and `tune` says so."""
     import optuna
 
+    from components.tracking import mlflow_store as store
+
     root = tune_project
     space = ["--set", 'models.cnn.search={"train.lr": [0.01, 0.003, 0.001], "train.epochs": [1]}', "--set", "models.cnn.train.epochs=1",
              "--set", "models.cnn.train.batch_size=32", "--set", 'models.rnn.search={"train.lr": [0.01, 0.003], "train.epochs": [1]}',
@@ -319,7 +321,11 @@ def test_after_every_current_recipe_the_budget_goes_to_the_best_family(tune_proj
     leader, other = ("cnn", "rnn") if first["cnn"].value >= first["rnn"].value else ("rnn", "cnn")
     assert len(studies[other].trials) == 1 and len(studies[leader].trials) > 1, {k: len(s.trials) for k, s in studies.items()}
     assert min(t.datetime_start for t in studies[leader].trials[1:]) > first[other].datetime_complete  # the search began after both baselines
-    assert f"{other} (val acc {first[other].value:.4f}): only the current recipe was measured; the rest of the budget went to {leader}" in res.stdout
+    note = f"{other} (val acc {first[other].value:.4f}): only the current recipe was measured; the rest of the budget went to {leader}"
+    assert note in res.stdout
+    c = store.client()  # MLflow says what the search chose and why: the order, and the note
+    parent = c.search_runs([c.get_experiment_by_name("visionflow-tune").experiment_id], "tags.families = 'cnn,rnn'")[0]
+    assert parent.data.tags["focus_order"] == f"{leader},{other}" and note in parent.data.tags["notes"]
 
 
 @pytest.mark.slow

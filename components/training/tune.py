@@ -522,11 +522,16 @@ def write_tuned_profile(params_file: str | Path, base_profile: str, results: lis
     return path
 
 
-def log_results(parent_id: str, results: list[TuneResult], profile_path: Path | None) -> None:
-    """The invocation's parent run: each family's study, best values and accuracies; the tuned profile as an artifact."""
+def log_results(parent_id: str, results: list[TuneResult], profile_path: Path | None, order: list[str] | None = None, notes: list[str] = ()) -> None:
+    """The invocation's parent run: each family's study, best values and accuracies; the order the budget
+    went to the families (tuning.focus: leader) and the notes `tune` printed; the tuned profile as an artifact."""
     from components.tracking import mlflow_store as store
 
     c = store.client()
+    if order:
+        c.set_tag(parent_id, "focus_order", ",".join(order))
+    if notes:
+        c.set_tag(parent_id, "notes", "\n".join(notes)[:5000])
     metrics: dict[str, float] = {}
     for r in results:
         c.set_tag(parent_id, f"study.{r.key}", r.study)
