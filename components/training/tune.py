@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -522,7 +522,7 @@ def write_tuned_profile(params_file: str | Path, base_profile: str, results: lis
     return path
 
 
-def log_results(parent_id: str, results: list[TuneResult], profile_path: Path | None, order: list[str] | None = None, notes: list[str] = ()) -> None:
+def log_results(parent_id: str, results: list[TuneResult], profile_path: Path | None, order: list[str] | None = None, notes: Sequence[str] = ()) -> None:
     """The invocation's parent run: each family's study, best values and accuracies; the order the budget
     went to the families (tuning.focus: leader) and the notes `tune` printed; the tuned profile as an artifact."""
     from components.tracking import mlflow_store as store
