@@ -98,13 +98,13 @@ def _tune(ws: Workspace, cfg: Config, profile: str, overrides: list[str], famili
     plans: dict[str, tune.StudyPlan] = {}
     spent = dict.fromkeys(keys, 0.0)
 
-    def search(key: str, until: float, cap: int | None, workers: int) -> None:
+    def search(key: str, until: float, cap: int | None, n_workers: int) -> None:
         t = time.perf_counter()
         plan = plans[key]
         work_dir = str(ws.home / "tune" / plan.study)
         task_ = search_task.with_options(task_run_name=f"search-{key}")
         if dask:  # each worker: its own process, 1 torch thread, the same study
-            for f in [task_.submit(plan, cfg, data_dir, work_dir, until, cap, tracking, w, 1) for w in range(workers)]:
+            for f in [task_.submit(plan, cfg, data_dir, work_dir, until, cap, tracking, w, 1) for w in range(n_workers)]:
                 f.result()
         else:  # in the flow's thread (torch trains slower in a worker thread: flows/training_pipeline.py _start)
             task_(plan, cfg, data_dir, work_dir, until, cap, tracking)
@@ -136,7 +136,7 @@ def _tune(ws: Workspace, cfg: Config, profile: str, overrides: list[str], famili
                     break
                 search(key, deadline, trials, workers)
         results = [summarize(k) for k in keys]
-        searched = [r for r in results if not leader or r.n_complete + r.n_pruned > 1]
+        searched = [r for r in results if not leader or r.searched]
         notes += [n for r in searched if (n := tune.pruner_idle_note(r, cfg.tuning, trials))]
         if leader and (note := tune.focus_note(order, results)):
             notes.append(note)

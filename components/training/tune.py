@@ -96,6 +96,11 @@ class TuneResult:
         """The best trial beats the current recipe on validation (or the current recipe was not measured)."""
         return self.best_value is not None and (self.default_value is None or self.best_value > self.default_value)
 
+    @property
+    def searched(self) -> bool:
+        """More than the current recipe finished (complete or pruned)."""
+        return self.n_complete + self.n_pruned > 1
+
 
 def pruner_idle_note(result: TuneResult, tuning: TuningConfig, trials: int | None) -> str | None:
     """A line for a search the budget ended before the median pruner could act (fewer finished trials
@@ -116,7 +121,7 @@ def focus_order(results: list[TuneResult]) -> list[str]:
 def focus_note(order: list[str], results: list[TuneResult]) -> str | None:
     """A line naming the families whose search stopped at the current recipe because the budget went to a better one."""
     by_key = {r.key: r for r in results}
-    searched = [k for k in order if by_key[k].n_complete + by_key[k].n_pruned > 1]
+    searched = [k for k in order if by_key[k].searched]
     left = [k for k in order if k not in searched]
     if not searched or not left:
         return None
