@@ -148,6 +148,16 @@ def test_gan_loop_trains_and_resumes(tmp_path):
     assert gan.sample(torch.tensor([0, 1, 2])).shape == (3, 1, 12, 12)
 
 
+def test_gan_learning_rate_constant_for_half_the_epochs_then_falling_towards_zero(tmp_path):
+    spec, train, _ = tiny_data(size=(12, 12), channels=1)
+    gan = create_model("gan", num_classes=3, in_channels=1, image_size=(12, 12), z_dim=8, ngf=8, ndf=8)
+    cfg = GanTrainConfig(epochs=4, batch_size=16, lr=3e-4, schedule="linear_decay")
+    res = fit_gan(gan, train, cfg, QUIET, workdir=tmp_path)
+    assert [round(h["lr"] / 3e-4, 4) for h in res.history] == [1.0, 1.0, round(2 / 3, 4), round(1 / 3, 4)]
+    const = fit_gan(gan, train, cfg.model_copy(update={"epochs": 2, "schedule": "constant"}), QUIET, workdir=tmp_path / "c")
+    assert [h["lr"] for h in const.history] == [3e-4, 3e-4]
+
+
 def test_load_dataset_from_an_ingested_folder(tmp_path):
     src = make_folder(tmp_path / "src", classes=("a", "b", "c"), per_class=10, size=(45, 61))
     ingest(src, tmp_path / "data")

@@ -6,7 +6,8 @@ The recipe that reached GAN-train >= 95 % in calibration:
   (projection, or a label map as an extra channel) and an auxiliary-classifier head (AC-GAN term);
 - a generator EMA (the one sampled from). Losses live in components/training/gan.py; the auxiliary
   term weighs 0.3: a lighter AC term keeps the samples more varied (bundled digits, seed 0: GAN-train
-  94.7 % at 0.3 vs 93.1 % at 1.0 for 40 epochs; 3 seeds at 0.3: 94.5 % for 80 epochs, 95.2 % for 120).
+  94.7 % at 0.3 vs 93.1 % at 1.0 for 40 epochs; 3 seeds at 0.3: 94.5 % for 80 epochs, 95.2 % for 120, and
+  95.0 % for 80 whose second half decays the learning rate to 0).
 Images are in [-1, 1] inside the GAN; `sample()` returns [0, 1].
 """
 

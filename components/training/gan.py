@@ -73,6 +73,13 @@ def train_gan_epoch(gan: ConditionalDCGAN, data: ImageTensors, opt_g, opt_d, cfg
     return out
 
 
+def _lr_factor(cfg: GanTrainConfig, epoch: int) -> float:
+    if cfg.schedule == "constant":
+        return 1.0
+    half = cfg.epochs / 2
+    return 1.0 if epoch < half else (cfg.epochs - epoch) / (cfg.epochs - half + 1)
+
+
 def fit_gan(
     gan: ConditionalDCGAN,
     train: ImageTensors,
@@ -106,10 +113,13 @@ def fit_gan(
     progress = _progress(engine.progress, label, cfg.epochs, start_epoch)
     elapsed = sum(h["epoch_seconds"] for h in history)
     for epoch in range(start_epoch, cfg.epochs):
+        for opt in (opt_g, opt_d):  # from the epoch alone, so a resumed run needs no scheduler state
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * _lr_factor(cfg, epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         step0 = sum(h.get("steps", 0) for h in history)
         stats = train_gan_epoch(gan, train, opt_g, opt_d, cfg, device, bf16, gen, step0)
-        stats["epoch"] = epoch
+        stats["epoch"], stats["lr"] = epoch, opt_g.param_groups[0]["lr"]
         history.append(stats)
         elapsed += stats["epoch_seconds"]
         _save({"gan": gan.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
