@@ -181,7 +181,7 @@ def _decide_generator(reg: Registration) -> tuple[bool, str]:
     if current is None:
         return True, f"GAN-test {reg.generator_score:.4f}; no generator yet"
     score = float(store.version_tags(store.GENERATOR_MODEL, current).get("gan_test", -1))
-    if reg.generator_score > score:
+    if round(reg.generator_score, 6) > score:  # as the tag holds it: an equal score (a cached re-run's) is not better
         return True, f"GAN-test {reg.generator_score:.4f} > {score:.4f} (v{current})"
     return False, f"GAN-test {reg.generator_score:.4f} <= {score:.4f} (v{current} kept)"
 
