@@ -74,6 +74,7 @@ def train_gan_epoch(gan: ConditionalDCGAN, data: ImageTensors, opt_g, opt_d, cfg
 
 
 def _lr_factor(cfg: GanTrainConfig, epoch: int) -> float:
+    """linear_decay: 1 for the first half of the epochs, then a straight line towards 0 at the end."""
     if cfg.schedule == "constant":
         return 1.0
     half = cfg.epochs / 2
