@@ -120,7 +120,7 @@ def register_candidates(candidates: list[Candidate], generator: GeneratorCandida
     tags = {**_common_tags(lineage, best.run_id, best.family, "classification"), "model_key": best.key, "test_accuracy": f"{best.test_acc:.6f}",
             "val_accuracy": f"{best.val_acc:.6f}", "registered_from": f"{store.registered_name(best.key)}/{versions[store.registered_name(best.key)]}"}  # fmt: skip
     classifier_version = store.register_version(best.model_uri, store.CLASSIFIER_MODEL, tags)
-    gen_version = None
+    gen_version, gen_score = None, None
     if generator is not None:
         gtags = {
             **_common_tags(lineage, generator.run_id, "gan", "generation"),
@@ -128,7 +128,8 @@ def register_candidates(candidates: list[Candidate], generator: GeneratorCandida
             "gan_train": f"{generator.gan_train:.6f}",
         }
         gen_version = store.register_version(generator.model_uri, store.GENERATOR_MODEL, gtags)
-    return Registration(versions, best, classifier_version, gen_version, generator.gan_test if generator else None)
+        gen_score = float(gtags["gan_test"])  # as the registry holds it: compared with the alias holder's tag, an equal score stays equal
+    return Registration(versions, best, classifier_version, gen_version, gen_score)
 
 
 Loader = Callable[[str], tuple[Any, Any]]  # model URI → (model, DatasetSpec)
@@ -181,7 +182,7 @@ def _decide_generator(reg: Registration) -> tuple[bool, str]:
     if current is None:
         return True, f"GAN-test {reg.generator_score:.4f}; no generator yet"
     score = float(store.version_tags(store.GENERATOR_MODEL, current).get("gan_test", -1))
-    if round(reg.generator_score, 6) > score:  # as the tag holds it: an equal score (a cached re-run's) is not better
+    if reg.generator_score > score:
         return True, f"GAN-test {reg.generator_score:.4f} > {score:.4f} (v{current})"
     return False, f"GAN-test {reg.generator_score:.4f} <= {score:.4f} (v{current} kept)"
 
