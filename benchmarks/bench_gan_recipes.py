@@ -1,8 +1,9 @@
 """GAN recipes (epochs × learning-rate schedule) by GAN-test and GAN-train, as the pipeline computes them.
 
 For each recipe and GAN seed: train the default GAN on the ingested data (`runner.train_gan`), then
+evaluate it with the pipeline's own `evaluate_gan_file` (the default profile's `evaluation:` settings):
 GAN-test with a judge (the default cnn, trained once on the same data) and GAN-train (a cnn trained on
-10,000 generated images × 4 epochs, tested on the real test split), evaluation seed = GAN seed.
+generated images only, tested on the real test split), evaluation seed = GAN seed.
 Prints a markdown table: mean (min–max) over the seeds, and the mean training seconds.
 
 Run (after `make run` has ingested data/):
@@ -32,10 +33,9 @@ def main() -> int:
 
     import yaml
 
-    from components.config import EngineConfig, TrainConfig, load_config
-    from components.data.datasets import load_spec_split
-    from components.evaluation.gan_metrics import gan_test, gan_train
-    from components.training.runner import load_for_training, load_trained, train_classifier, train_gan
+    from components.config import load_config
+    from components.evaluation.evaluate import evaluate_gan_file
+    from components.training.runner import load_for_training, train_classifier, train_gan
 
     data_dir = Path(args.data)
     cfg = load_config(REPO / "params.yaml", "default", ["engine.progress=false"])
@@ -43,7 +43,7 @@ def main() -> int:
     print("| GAN recipe | GAN-test, mean (min–max) | GAN-train, mean (min–max) | training s, mean |\n|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        judge, _ = load_trained(train_classifier("cnn", cfg.models.cnn, cfg.engine, data_dir, out, loaded=loaded, data=cfg.data)["path"])
+        judge = train_classifier("cnn", cfg.models.cnn, cfg.engine, data_dir, out, loaded=loaded, data=cfg.data)["path"]
         for recipe in args.recipes:
             epochs, schedule, *more = recipe.split(":", 2)
             extra = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in more[0].split(","))} if more else {}
@@ -52,13 +52,13 @@ def main() -> int:
                 train_cfg = cfg.models.gan.train.model_copy(update={"epochs": int(epochs), "schedule": schedule, "seed": seed, **extra})
                 fam = cfg.models.gan.model_copy(update={"train": train_cfg})
                 t = time.perf_counter()
-                gan, spec = load_trained(train_gan(fam, cfg.engine, data_dir, out, loaded=loaded, data=cfg.data, key=f"gan-{recipe}-{seed}")["path"])
+                key = f"gan-{recipe}-{seed}"
+                trained = train_gan(fam, cfg.engine, data_dir, out, loaded=loaded, data=cfg.data, key=key)
                 secs.append(time.perf_counter() - t)
-                test = load_spec_split(data_dir, "test", spec)
-                tests.append(100 * gan_test(gan, judge, spec, n=1000, seed=seed))
-                gt_cfg = TrainConfig(epochs=4, augment="shift", noise_sigma=0.0, patience=10_000, seed=seed)
-                trains.append(100 * gan_train(gan, spec, test, n=10_000, cfg=gt_cfg, workdir=out / f"gan-train-{recipe}-{seed}",
-                                              engine=EngineConfig(progress=False), seed=seed, cnn_hparams=cfg.models.cnn.hparams))  # fmt: skip
+                metrics = evaluate_gan_file(trained["path"], judge, data_dir, out / key / "evaluation", cfg.evaluation, trained["history"],
+                                            seed=seed, cnn_hparams=cfg.models.cnn.hparams)["metrics"]  # fmt: skip
+                tests.append(100 * metrics["gan_test"])
+                trains.append(100 * metrics["gan_train"])
             print(f"| {epochs} epochs, {schedule}{''.join(f', {k} {v}' for k, v in extra.items())} | {statistics.mean(tests):.2f} % ({min(tests):.2f}–{max(tests):.2f}) | "
                   f"{statistics.mean(trains):.2f} % ({min(trains):.2f}–{max(trains):.2f}) | {statistics.mean(secs):.0f} |", flush=True)  # fmt: skip
     return 0
